@@ -1,0 +1,88 @@
+"""Default configuration: every field of the schema, with what it means.
+
+Other configs start from this one and change a few fields, so every run has the
+same schema and a mistyped override (``--config.model.num_layer=4``) is an error.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # --- Run -----------------------------------------------------------------
+    config.seed = 0  # Seeds parameter init, dropout and the data order.
+    config.num_train_steps = 2000  # Optimizer steps (each one global batch).
+    config.batch_size = 12  # Global batch, in sequences per optimizer step.
+    config.eval_batch_size = 64  # Sequences per evaluation batch (the whole split is evaluated).
+    config.eval_every_steps = 250  # Evaluate on the whole validation split every N steps (and at the end).
+    config.log_every_steps = 50  # Write averaged training metrics every N steps.
+    config.checkpoint_every_steps = 500  # Save a checkpoint every N steps (and at the end).
+    config.max_checkpoints_to_keep = 2  # Older checkpoints are deleted.
+
+    # --- Model (gpt2_jax.model.TransformerConfig) ------------------------------
+    config.model = ml_collections.ConfigDict()
+    # decoder_only | prefix_lm | encoder_decoder | encoder_only.
+    config.model.arch = "decoder_only"
+    config.model.vocab_size = 0  # 0 = take it from the tokenizer; otherwise must equal the tokenizer's.
+    config.model.num_layers = 4  # Blocks of the (decoder) stack.
+    config.model.num_encoder_layers = 0  # encoder_decoder only: encoder blocks; 0 = num_layers.
+    config.model.num_heads = 4  # Attention heads; must divide emb_dim.
+    config.model.emb_dim = 128  # Model width D.
+    config.model.mlp_dim = 0  # MLP hidden width; 0 = 4 * emb_dim (GPT-2).
+    config.model.max_len = 0  # Rows of the position table; 0 = the data's longest sequence.
+    config.model.dropout_rate = 0.0  # Dropout on embeddings and residual branches.
+    config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (parameters stay float32).
+    config.model.attention_impl = "xla"  # xla | cudnn (cuDNN flash attention, GPU only).
+    config.model.share_encoder_decoder = (
+        False  # encoder_decoder only: encoder reuses the decoder's blocks (T5 "shared").
+    )
+    config.model.positional = "learned"  # learned | none (no position embedding, Haviv et al. 2022).
+    config.model.remat = False  # Recompute block activations in the backward pass to save memory.
+
+    # --- Data ------------------------------------------------------------------
+    config.data = ml_collections.ConfigDict()
+    # A text file: absolute, or relative to data_dir (a named corpus).
+    config.data.corpus = "tinyshakespeare/input.txt"
+    config.data.data_dir = ""  # Where corpora live; "" = $GPT2_JAX_DATA_DIR, else ~/.cache/gpt2_jax/data.
+    config.data.cache_dir = ""  # Writable cache for prepared data; "" = $GPT2_JAX_CACHE_DIR, else ~/.cache/gpt2_jax.
+    config.data.tokenizer = "char"  # char | byte.
+    config.data.seq_len = 64  # Context length: tokens per training row (the model sees seq_len positions).
+    config.data.train_fraction = 0.9  # First 90% of the text trains, the last 10% validates (as nanoGPT).
+    # lm: windows cut into prefix and continuation; mlm: BERT-style corruption;
+    # auto: mlm for encoder_only, lm otherwise.
+    config.data.objective = "auto"
+    config.data.cut_fraction = 0.5  # lm: prefix share of each window (prefix_lm, encoder_decoder, continuation loss).
+    config.data.random_cut = False  # lm: draw the cut uniformly per training window (eval always uses cut_fraction).
+    # decoder_only under lm: "all" = loss on every token (GPT-2, nanoGPT; Liu et al. 2018),
+    # "continuation" = loss only where prefix_lm and encoder_decoder put it.
+    config.data.decoder_only_loss = "all"
+    config.data.mask_rate = 0.15  # mlm: share of positions corrupted (80% mask, 10% random, 10% kept).
+
+    # --- Optimizer (AdamW, warmup + cosine decay) --------------------------------
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.learning_rate = 1e-3  # Peak learning rate after warmup.
+    config.optimizer.min_learning_rate = 1e-4  # Floor the cosine decays to.
+    config.optimizer.warmup_steps = 100  # Linear warmup from 0.
+    config.optimizer.decay_steps = 0  # Step at which the cosine reaches the floor; 0 = num_train_steps.
+    config.optimizer.b1 = 0.9  # Adam beta1.
+    config.optimizer.b2 = 0.99  # Adam beta2.
+    config.optimizer.eps = 1e-8  # Adam epsilon.
+    config.optimizer.weight_decay = 0.1  # Decoupled weight decay on matmul kernels.
+    config.optimizer.decay_embeddings = False  # Also decay wte/wpe (nanoGPT decays every 2-D tensor).
+    config.optimizer.grad_clip_norm = 1.0  # Global-norm clipping; 0 disables.
+    config.optimizer.grad_accum_steps = 1  # Micro-batches per step; batch_size must be divisible by it.
+
+    # --- Devices (gpt2_jax.sharding) ---------------------------------------------
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1  # Data-parallel axis; -1 = all devices not used by the other axes.
+    config.mesh.fsdp = 1  # Fully-sharded data-parallel axis (batch and parameters split).
+    config.mesh.tensor = 1  # Tensor-parallel axis (heads and MLP columns split).
+    config.distributed = False  # Multi-host: call jax.distributed.initialize() before anything else.
+
+    # --- Failure handling ---------------------------------------------------------
+    # A non-finite loss or gradient: "stop" the run naming the step (the last good
+    # checkpoint stays), or "skip" the update and count it.
+    config.on_nonfinite = "stop"
+
+    return config

@@ -1,0 +1,140 @@
+"""Orbax checkpoints of the train state plus a JSON record of everything else.
+
+Each checkpoint step holds two items: ``state`` (parameters, optimizer state,
+step, RNG; restored onto whatever mesh the current run uses) and ``meta`` (the
+data iterator's position, run counters and the model's *signature*: its
+architecture and parameter shapes).  The signature is compared before any
+array is read, so a checkpoint of another architecture or shape is refused with
+a message that says what differs.  Orbax writes each step into a temporary
+directory and renames it when complete, so a crash during a save never leaves
+a half-written step behind; a step that still fails to read is reported and the
+previous one is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from gpt2_jax.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def signature(arch: str, params: Any, vocab_size: int) -> dict[str, Any]:
+    """What a checkpoint must agree on with the run that restores it."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return {
+        "arch": arch,
+        "vocab_size": int(vocab_size),
+        "params": {k: list(np.shape(v)) for k, v in sorted(flat.items())},
+    }
+
+
+def signature_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two signatures (empty when compatible)."""
+    diffs = []
+    for key in ("arch", "vocab_size"):
+        if saved.get(key) != current.get(key):
+            diffs.append(f"{key} is {saved.get(key)!r} in the checkpoint but {current.get(key)!r} in this run")
+    saved_p, cur_p = saved.get("params", {}), current.get("params", {})
+    only_saved = sorted(set(saved_p) - set(cur_p))
+    only_cur = sorted(set(cur_p) - set(saved_p))
+    if only_saved:
+        diffs.append(f"{len(only_saved)} parameters only in the checkpoint (e.g. {only_saved[0]})")
+    if only_cur:
+        diffs.append(f"{len(only_cur)} parameters missing from the checkpoint (e.g. {only_cur[0]})")
+    for k in sorted(set(saved_p) & set(cur_p)):
+        if list(saved_p[k]) != list(cur_p[k]):
+            diffs.append(f"{k} has shape {tuple(saved_p[k])} in the checkpoint but {tuple(cur_p[k])} in this run")
+    return diffs
+
+
+class Checkpointer:
+    """Save and restore ``(state, meta)`` pairs under ``directory``."""
+
+    def __init__(self, directory: str | Path, max_to_keep: int = 2, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Start saving ``state`` and ``meta`` as step ``step`` (asynchronously by default)."""
+        if step in self._manager.all_steps():
+            return
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self._manager.save(step, args=args, force=True)
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored.meta)
+
+    def restore(self, abstract_state: Any, expected_signature: dict[str, Any]) -> tuple[Any, dict, int] | None:
+        """Restore the newest readable step into ``abstract_state``'s shapes and shardings.
+
+        Returns ``(state, meta, step)``, or None when there is no checkpoint.
+        Raises :class:`CheckpointError` when the checkpoint belongs to another
+        model, or when no step can be read.
+        """
+        steps = self.steps()
+        failures = []
+        for step in reversed(steps):
+            try:
+                meta = self.read_meta(step)
+            except Exception as e:
+                failures.append(f"step {step}: {type(e).__name__}: {e}")
+                log.warning(
+                    "checkpoint step %d in %s is unreadable (%s); trying an earlier one", step, self.directory, e
+                )
+                continue
+            diffs = signature_diff(meta.get("signature", {}), expected_signature)
+            if diffs:
+                raise CheckpointError(
+                    f"the checkpoint in {self.directory} (step {step}) belongs to a different model: "
+                    + "; ".join(diffs[:4])
+                    + ". Use a fresh --workdir, or the config that wrote it"
+                )
+            try:
+                restored = self._manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+                )
+            except Exception as e:
+                failures.append(f"step {step}: {type(e).__name__}: {e}")
+                log.warning(
+                    "checkpoint step %d in %s is unreadable (%s); trying an earlier one", step, self.directory, e
+                )
+                continue
+            return restored.state, meta, step
+        if failures:
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} could be read ({'; '.join(failures)[:500]}); "
+                "delete the directory to start over"
+            )
+        return None
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+    """``ShapeDtypeStruct`` leaves carrying the target shardings (Orbax restores onto them)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

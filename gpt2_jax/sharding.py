@@ -1,0 +1,141 @@
+"""Device meshes and partition rules, on JAX's own SPMD engine (``jax.sharding``).
+
+The mesh has three named axes:
+
+* ``data``: plain data parallelism (parameters replicated);
+* ``fsdp``: fully-sharded data parallelism (batch *and* parameters sharded);
+* ``tensor``: tensor parallelism (attention heads and MLP columns sharded).
+
+Batches are split over ``data`` x ``fsdp``.  Every parameter gets a
+``PartitionSpec`` from :func:`param_spec`, chosen by its name: the input
+dimension of a matmul kernel over ``fsdp`` and its output dimension over
+``tensor`` for the column-parallel projections (``c_attn``, ``q_attn``,
+``c_fc``), the other way round for the row-parallel ones (``c_proj``).
+Optimizer moments follow their parameter, because their tree paths end with
+the parameter's path.  ``jax.jit`` gets these shardings explicitly and XLA
+inserts the collectives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gpt2_jax.errors import ConfigError
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+COLUMN_PARALLEL = ("c_attn", "q_attn", "c_fc")  # output dim split over heads / MLP units
+
+
+def _describe(sizes) -> str:
+    return "(" + ", ".join(f"{a}={s}" for a, s in zip(AXES, sizes, strict=True)) + ")"
+
+
+def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
+    """Resolve the configured axis sizes (one of them may be -1 = the rest)."""
+    sizes = [int(mesh_config[a]) for a in AXES]
+    if sizes.count(-1) > 1:
+        raise ConfigError(f"config.mesh: at most one axis may be -1, got {_describe(sizes)}")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ConfigError(f"config.mesh: axis sizes must be positive or -1, got {_describe(sizes)}")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if num_devices % known:
+            raise ConfigError(f"config.mesh {_describe(sizes)}: {num_devices} devices are not divisible by {known}")
+        sizes[sizes.index(-1)] = num_devices // known
+    if int(np.prod(sizes)) > num_devices:
+        raise ConfigError(
+            f"config.mesh {_describe(sizes)} needs {int(np.prod(sizes))} devices but only {num_devices} "
+            "are available; shrink an axis or set one to -1 to use what there is"
+        )
+    return tuple(sizes)  # type: ignore[return-value]
+
+
+def make_mesh(mesh_config, devices: list | None = None) -> Mesh:
+    """A ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all devices, all hosts).
+
+    A mesh with fixed axis sizes that need fewer devices than there are uses
+    the first ones (e.g. ``data=1`` on a multi-device host runs on one device).
+    """
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_shape(mesh_config, len(devices))
+    used = int(np.prod(shape))
+    if used < len(devices) and jax.process_count() > 1:
+        raise ConfigError(f"config.mesh {_describe(shape)} must span all {len(devices)} devices of a multi-host run")
+    return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices[:used])
+
+
+def _fits(dim: int, axis: str, mesh: Mesh) -> str | None:
+    return axis if dim % mesh.shape[axis] == 0 else None
+
+
+def param_spec(names: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh) -> P:
+    """Partition spec of the parameter at dict path ``names`` (e.g. ``("h_0", "attn", "c_attn", "kernel")``).
+
+    A dimension that the mesh axis does not divide stays unsharded.
+    """
+    if not shape:
+        return P()
+    leaf = names[-1]
+    layer = names[-2] if len(names) > 1 else ""
+    if leaf == "kernel" and len(shape) == 2:
+        d_in, d_out = shape
+        if layer in COLUMN_PARALLEL:
+            return P(_fits(d_in, "fsdp", mesh), _fits(d_out, "tensor", mesh))
+        return P(_fits(d_in, "tensor", mesh), _fits(d_out, "fsdp", mesh))
+    if leaf == "bias" and layer in COLUMN_PARALLEL:
+        return P(_fits(shape[0], "tensor", mesh))
+    if leaf == "embedding":
+        rows, width = shape
+        # The token table is vocabulary-parallel; position tables only split their width.
+        return P(_fits(rows, "tensor", mesh) if layer == "wte" else None, _fits(width, "fsdp", mesh))
+    return P()
+
+
+def _dict_names(path: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def tree_shardings(tree: Any, mesh: Mesh) -> Any:
+    """``NamedSharding`` for every leaf of a params / train-state tree (shape-only leaves are fine)."""
+
+    def leaf_sharding(path, leaf) -> NamedSharding:
+        names = _dict_names(path)
+        shape = tuple(np.shape(leaf))
+        spec = param_spec(names, shape, mesh) if names else P()
+        return NamedSharding(mesh, spec)
+
+    return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows split over ``data`` x ``fsdp``; sequence dimension replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Place a host batch on the mesh as global arrays split over the batch axes.
+
+    ``batch`` is this process's share of the global batch (the whole batch on
+    one host); ``jax.make_array_from_process_local_data`` assembles the global
+    array across hosts.
+    """
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def process_slice(global_batch_size: int) -> slice:
+    """The rows of the global batch that this process feeds."""
+    per_process = global_batch_size // jax.process_count()
+    start = jax.process_index() * per_process
+    return slice(start, start + per_process)

@@ -1,0 +1,487 @@
+"""Training and evaluation of every architecture: one ``train_step``, one ``eval_step``.
+
+``train_and_evaluate(config, workdir)`` is the whole run: it validates the
+config, builds data, model, mesh and optimizer, restores the newest checkpoint
+in ``workdir`` if there is one, trains with periodic evaluation over the whole
+validation split and checkpoints, and writes ``config.json``,
+``metrics.jsonl``, TensorBoard events and ``results.json`` into ``workdir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from gpt2_jax import batch as batch_lib
+from gpt2_jax import checkpointing, losses, optim, sharding, validation
+from gpt2_jax import data as data_lib
+from gpt2_jax.data import tokenizers
+from gpt2_jax.errors import CheckpointError, ConfigError
+from gpt2_jax.metrics_writer import MetricsWriter
+from gpt2_jax.model import Transformer, TransformerConfig
+
+log = logging.getLogger(__name__)
+
+# Fields that may change between a run and its resumption: how long it runs
+# and how often it reports, not what it computes.
+RESUMABLE_CHANGES = (
+    "num_train_steps",
+    "eval_every_steps",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "max_checkpoints_to_keep",
+    "data.data_dir",
+    "data.cache_dir",
+)
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a training step reads and writes (checkpointed as one pytree)."""
+
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # uint32[2]: base dropout key, folded with the step
+    nonfinite_steps: jax.Array  # int32 scalar: updates dropped for a non-finite loss/gradient
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _loss_and_metrics(params, batch, model: Transformer, deterministic: bool, dropout_key):
+    logits = model.apply({"params": params}, batch, deterministic=deterministic, rngs={"dropout": dropout_key})
+    return losses.weighted_cross_entropy(logits, batch["target_tokens"], batch["loss_weights"])
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    model: Transformer,
+    tx: optax.GradientTransformation,
+    accum_steps: int,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on a global batch, for any architecture.
+
+    With ``accum_steps > 1`` the batch is split into micro-batches whose
+    gradient *sums* are accumulated in a ``lax.scan`` carry; dividing by the
+    total loss weight at the end gives exactly the gradient of the full-batch
+    mean loss.  Updates whose loss or gradient is not finite are dropped (the
+    state keeps its parameters) and counted.
+    """
+    dropout_key = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(_loss_and_metrics, has_aux=True)
+
+    if accum_steps == 1:
+        (_, sums), grads = grad_fn(state.params, batch, model, False, dropout_key)
+    else:
+        # Micro-batch k takes rows k, K + k, 2K + k, ...: each device keeps its
+        # own rows, so no data moves between devices.
+        def split(x):
+            return jnp.swapaxes(x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]), 0, 1)
+
+        micro = jax.tree.map(split, batch)
+
+        def body(carry, xs):
+            grad_acc, sums_acc = carry
+            index, micro_batch = xs
+            (_, sums), grads = grad_fn(state.params, micro_batch, model, False, jax.random.fold_in(dropout_key, index))
+            return (jax.tree.map(jnp.add, grad_acc, grads), jax.tree.map(jnp.add, sums_acc, sums)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "weight_sum", "correct_sum")}
+        (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums), (jnp.arange(accum_steps), micro))
+
+    denom = jnp.maximum(sums["weight_sum"], 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(sums["loss_sum"]) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    state = state.replace(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt_state, state.opt_state),
+        nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+    )
+    metrics = dict(sums, grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.float32), steps=jnp.ones(()))
+    return state, metrics
+
+
+def eval_step(params, batch: dict[str, jax.Array], *, model: Transformer) -> dict[str, jax.Array]:
+    """Metric sums of one evaluation batch (no dropout)."""
+    _, sums = _loss_and_metrics(params, batch, model, True, jax.random.PRNGKey(0))
+    return sums
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int, data_max_len: int) -> TransformerConfig:
+    """Resolve the automatic model fields (vocabulary, position table) against the data."""
+    m = config.model
+    if m.vocab_size and m.vocab_size != vocab_size:
+        raise ConfigError(
+            f"config.model.vocab_size={m.vocab_size} but the {config.data.tokenizer!r} tokenizer has "
+            f"{vocab_size} tokens; set config.model.vocab_size=0 to take it from the tokenizer"
+        )
+    if m.max_len and m.max_len < data_max_len:
+        raise ConfigError(
+            f"config.model.max_len={m.max_len} is shorter than the data's sequences ({data_max_len} positions); "
+            "raise it or set it to 0"
+        )
+    values = m.to_dict()
+    values.update(vocab_size=vocab_size, max_len=m.max_len or data_max_len)
+    return TransformerConfig.from_config(values)
+
+
+class Experiment:
+    """The built pieces of a run: data, model, optimizer, mesh, shardings and compiled steps."""
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
+        validation.validate(config)
+        self.config = config
+        self.data = data_lib.build(config)
+        self.model_config = model_config(config, self.data.tokenizer.vocab_size, self.data.max_len)
+        self.model = Transformer(self.model_config)
+        self.mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+        batch_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        micro = config.batch_size // config.optimizer.grad_accum_steps
+        if micro % batch_shards:
+            raise ConfigError(
+                f"config.batch_size={config.batch_size} / grad_accum_steps={config.optimizer.grad_accum_steps} "
+                f"= {micro} rows per micro-batch, not divisible by the {batch_shards} data x fsdp shards "
+                f"of mesh {dict(self.mesh.shape)}; change the batch size or config.mesh"
+            )
+        if config.eval_batch_size % batch_shards:
+            raise ConfigError(
+                f"config.eval_batch_size={config.eval_batch_size} is not divisible by the {batch_shards} "
+                f"data x fsdp shards of mesh {dict(self.mesh.shape)}"
+            )
+        example = self.data.train_batch(0)
+        self._init_batch = {k: v[:1] for k, v in example.items()}
+        abstract_params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))
+        self.tx = optim.make(config.optimizer, config.num_train_steps, abstract_params)
+        self.abstract_state = jax.eval_shape(self._init_state, jax.random.PRNGKey(config.seed))
+        self.state_shardings = sharding.tree_shardings(self.abstract_state, self.mesh)
+        self.param_shardings = self.state_shardings.params
+        self.signature = checkpointing.signature(
+            self.model_config.arch, self.abstract_state.params, self.model_config.vocab_size
+        )
+        batch_sh = sharding.batch_sharding(self.mesh)
+        repl = sharding.replicated(self.mesh)
+        self.train_step = jax.jit(
+            functools.partial(train_step, model=self.model, tx=self.tx, accum_steps=config.optimizer.grad_accum_steps),
+            in_shardings=(self.state_shardings, batch_sh),
+            out_shardings=(self.state_shardings, repl),
+            donate_argnums=0,
+        )
+        self.eval_step = jax.jit(
+            functools.partial(eval_step, model=self.model),
+            in_shardings=(self.param_shardings, batch_sh),
+            out_shardings=repl,
+        )
+        self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+
+    def _init_params(self, key: jax.Array) -> Any:
+        return self.model.init({"params": key}, self._init_batch)["params"]
+
+    def _init_state(self, rng: jax.Array) -> TrainState:
+        param_key, dropout_key = jax.random.split(rng)
+        params = self._init_params(param_key)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=self.tx.init(params),
+            rng=dropout_key,
+            nonfinite_steps=jnp.zeros((), jnp.int32),
+        )
+
+    def init_state(self) -> TrainState:
+        """Fresh parameters and optimizer state, placed on the mesh."""
+        return self._init(jax.random.PRNGKey(self.config.seed))
+
+    def place(self, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Put this process's rows of a global batch on the mesh."""
+        rows = sharding.process_slice(len(host_batch["input_tokens"]))
+        return sharding.global_batch({k: v[rows] for k, v in host_batch.items()}, self.mesh)
+
+    def evaluate(self, params) -> dict[str, float]:
+        """Loss, accuracy and token count over the whole validation split."""
+        total = None
+        for host_batch in self.data.eval_batches():
+            sums = self.eval_step(params, self.place(host_batch))
+            total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+        return losses.summarize(jax.device_get(total))
+
+    def num_params(self) -> tuple[int, int]:
+        """(all parameters, embedding parameters)."""
+        flat = flax.traverse_util.flatten_dict(self.abstract_state.params)
+        total = sum(int(np.prod(v.shape)) for v in flat.values())
+        emb = sum(int(np.prod(v.shape)) for k, v in flat.items() if k[-1] == "embedding")
+        return total, emb
+
+
+# --------------------------------------------------------------------------- workdir
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_workdir(workdir: Path, config_dict: dict, overwrite: bool) -> None:
+    """Refuse a workdir that holds a run of another config (unless ``overwrite``, which clears it)."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        saved = {}
+    old, new = _flatten(saved), _flatten(json.loads(json.dumps(config_dict)))
+    diffs = [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+    ]
+    if not diffs:
+        return
+    if not overwrite:
+        raise CheckpointError(
+            f"{workdir} holds a run of a different config ({'; '.join(diffs[:5])}); "
+            "use another --workdir, or pass --overwrite to delete that run and start over"
+        )
+    log.warning("overwriting the run in %s (%s)", workdir, "; ".join(diffs[:5]))
+    for name in ("checkpoints", "tensorboard"):
+        shutil.rmtree(workdir / name, ignore_errors=True)
+    for name in ("metrics.jsonl", "results.json", "config.json", "tokenizer.json"):
+        (workdir / name).unlink(missing_ok=True)
+
+
+def _resolved_config(config: ml_collections.ConfigDict, mc: TransformerConfig) -> dict:
+    out = config.to_dict()
+    out["model"].update(dataclasses.asdict(mc))
+    return out
+
+
+# --------------------------------------------------------------------------- loop
+
+
+class _Preemption:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and stops at the next step boundary."""
+
+    def __init__(self):
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Preemption:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.requested = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a non-finite loss or gradient."""
+
+
+def _batches(exp: Experiment, start: int, stop: int) -> Iterator[tuple[int, dict, tuple[int, int]]]:
+    for step in range(start, stop):
+        host = exp.data.train_batch(step)
+        yield step, exp.place(host), batch_lib.count_tokens(host)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, overwrite: bool = False) -> dict:
+    """Train and evaluate one run in ``workdir``; resume if it holds a checkpoint.
+
+    Returns the contents of ``results.json`` (with ``"preempted": True`` and
+    no results file when a SIGTERM/SIGINT stopped the run early).
+    """
+    wall_start = time.time()
+    validation.validate(config)
+    if config.distributed:
+        jax.distributed.initialize()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    exp = Experiment(config)
+    resolved = _resolved_config(config, exp.model_config)
+    check_workdir(workdir, resolved, overwrite)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(json.dumps(resolved, indent=2))
+        tokenizers.save(exp.data.tokenizer, str(workdir / "tokenizer.json"))
+
+    ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config.max_checkpoints_to_keep)
+    abstract = checkpointing.abstract_with_shardings(exp.abstract_state, exp.state_shardings)
+    restored = ckpt.restore(abstract, exp.signature)
+    counters = {
+        "tokens_seen": 0,
+        "loss_tokens_seen": 0,
+        "wall_time_s": 0.0,
+        "train_time_s": 0.0,
+        "timed_tokens": 0,
+        "best_eval_loss": float("inf"),
+        "last_eval": None,
+    }
+    if restored is None:
+        state, start = exp.init_state(), 0
+    else:
+        state, meta, start = restored
+        counters.update(meta["counters"])
+        log.info("resumed from step %d in %s", start, ckpt.directory)
+    writer = MetricsWriter(workdir, resume_step=start if restored is not None else None)
+    num_params, num_emb = exp.num_params()
+    total = config.num_train_steps
+    log.info("%s: %d parameters (%d embedding), steps %d..%d", exp.model_config.arch, num_params, num_emb, start, total)
+
+    def meta_for(step: int) -> dict:
+        elapsed = counters["wall_time_s"] + (time.time() - wall_start)
+        return {
+            "signature": exp.signature,
+            "data": exp.data.state(step),
+            "counters": dict(counters, wall_time_s=elapsed),
+        }
+
+    def run_eval(step: int) -> None:
+        result = exp.evaluate(state.params)
+        counters["best_eval_loss"] = min(counters["best_eval_loss"], result["loss"])
+        counters["last_eval"] = result
+        writer.write(step, "eval", result)
+        log.info("step %d eval loss %.4f accuracy %.4f", step, result["loss"], result["accuracy"])
+
+    window = None
+    window_tokens = 0
+    window_start = time.time()
+    timed_since = None  # first step of this process includes compilation: not timed
+    pending_nonfinite = None
+    preempted = None
+    progress = tqdm.tqdm(total=total, initial=start, disable=None, dynamic_ncols=True, desc="train")
+    with _Preemption() as preemption, contextlib.closing(writer):
+        try:
+            for step, batch, (seen, with_loss) in _batches(exp, start, total):
+                state, metrics = exp.train_step(state, batch)
+                if pending_nonfinite is not None and float(pending_nonfinite[1]) > 0 and config.on_nonfinite == "stop":
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradient at step {pending_nonfinite[0]}; the last good checkpoint "
+                        f"in {ckpt.directory} is kept. Lower config.optimizer.learning_rate, or set "
+                        "config.on_nonfinite='skip' to drop such updates"
+                    )
+                pending_nonfinite = (step, metrics["nonfinite"])
+                counters["tokens_seen"] += seen
+                counters["loss_tokens_seen"] += with_loss
+                window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
+                window_tokens += seen
+                if timed_since is None:
+                    jax.block_until_ready(state.step)
+                    timed_since, timed_start_tokens = time.time(), counters["tokens_seen"]
+                done = step + 1
+                is_last = done == total
+                if done % config.log_every_steps == 0 or is_last:
+                    values = jax.device_get(window)
+                    if values["nonfinite"] > 0 and config.on_nonfinite == "stop":
+                        raise NonFiniteLossError(
+                            f"non-finite loss or gradient at or before step {step}; the last good checkpoint "
+                            f"in {ckpt.directory} is kept. Lower config.optimizer.learning_rate, or set "
+                            "config.on_nonfinite='skip' to drop such updates"
+                        )
+                    now = time.time()
+                    summary = losses.summarize(values)
+                    summary.update(
+                        learning_rate=float(optim.schedule(config.optimizer, total)(step)),
+                        grad_norm=float(values["grad_norm"] / values["steps"]),
+                        tokens_per_s=window_tokens / max(now - window_start, 1e-9),
+                        nonfinite_steps=int(jax.device_get(state.nonfinite_steps)),
+                    )
+                    writer.write(done, "train", summary)
+                    progress.set_postfix(loss=f"{summary['loss']:.4f}", tok_s=f"{summary['tokens_per_s']:.0f}")
+                    window, window_tokens, window_start = None, 0, now
+                progress.update(1)
+                if is_last or (config.eval_every_steps and done % config.eval_every_steps == 0):
+                    t0 = time.time()
+                    run_eval(done)
+                    timed_since += time.time() - t0  # evaluation is not training time
+                    window_start += time.time() - t0
+                if is_last or (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0):
+                    t0 = time.time()
+                    ckpt.save(done, state, meta_for(done))
+                    timed_since += time.time() - t0
+                    window_start += time.time() - t0
+                if preemption.requested is not None and not is_last:
+                    ckpt.save(done, state, meta_for(done))
+                    preempted = (done, preemption.requested)
+                    break
+            jax.block_until_ready(state.step)
+            if timed_since is not None:
+                counters["train_time_s"] += time.time() - timed_since
+                counters["timed_tokens"] += counters["tokens_seen"] - timed_start_tokens
+        finally:
+            progress.close()
+            ckpt.close()
+
+    counters["wall_time_s"] += time.time() - wall_start
+    if preempted is not None:
+        log.warning(
+            "stopped by signal %d after step %d; checkpoint saved in %s. Re-run the same command to continue",
+            preempted[1],
+            preempted[0],
+            ckpt.directory,
+        )
+        return {"preempted": True, "step": preempted[0]}
+    if counters["last_eval"] is None:  # resumed a run that had already finished
+        run_eval(total)
+    final = counters["last_eval"]
+    results = {
+        "arch": exp.model_config.arch,
+        "steps": total,
+        "final_eval_loss": final["loss"],
+        "final_eval_accuracy": final["accuracy"],
+        "best_eval_loss": counters["best_eval_loss"],
+        "eval_loss_tokens": final["loss_tokens"],
+        "num_params": num_params,
+        "num_embedding_params": num_emb,
+        "num_non_embedding_params": num_params - num_emb,
+        "tokens_seen": counters["tokens_seen"],
+        "loss_tokens_seen": counters["loss_tokens_seen"],
+        "wall_time_s": counters["wall_time_s"],
+        "train_tokens_per_s": counters["timed_tokens"] / max(counters["train_time_s"], 1e-9),
+        "nonfinite_steps": int(jax.device_get(state.nonfinite_steps)),
+        "finished": True,
+    }
+    if jax.process_index() == 0:
+        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    return results

@@ -1,0 +1,109 @@
+"""Config validation before anything is built or compiled.
+
+Each check raises :class:`~gpt2_jax.errors.ConfigError` with a message that
+names the field and says what to change.
+"""
+
+from __future__ import annotations
+
+from gpt2_jax.batch import ARCHITECTURES
+from gpt2_jax.errors import ConfigError
+from gpt2_jax.model import DTYPES
+
+ATTENTION_IMPLS = ("xla", "cudnn")
+POSITIONALS = ("learned", "none")
+OBJECTIVES = ("auto", "lm", "mlm")
+DECODER_ONLY_LOSSES = ("all", "continuation")
+TOKENIZERS = ("char", "byte")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(value, choices, field: str) -> None:
+    _require(value in choices, f"{field}={value!r} is not supported; choose one of {', '.join(map(repr, choices))}")
+
+
+def validate(config) -> None:
+    """Check every field of a run config; raise ConfigError on the first problem."""
+    m, d, o = config.model, config.data, config.optimizer
+    _one_of(m.arch, ARCHITECTURES, "config.model.arch")
+    for field in ("num_layers", "num_heads", "emb_dim"):
+        _require(m[field] >= 1, f"config.model.{field} must be >= 1, got {m[field]}")
+    _require(
+        m.emb_dim % m.num_heads == 0,
+        f"config.model.num_heads={m.num_heads} does not divide config.model.emb_dim={m.emb_dim}; "
+        "pick a head count that divides the width",
+    )
+    for field in ("num_encoder_layers", "mlp_dim", "max_len", "vocab_size"):
+        _require(m[field] >= 0, f"config.model.{field} must be >= 0 (0 = automatic), got {m[field]}")
+    _require(0.0 <= m.dropout_rate < 1.0, f"config.model.dropout_rate must be in [0, 1), got {m.dropout_rate}")
+    _one_of(m.dtype, tuple(DTYPES), "config.model.dtype")
+    _one_of(m.attention_impl, ATTENTION_IMPLS, "config.model.attention_impl")
+    if m.attention_impl == "cudnn":
+        import jax
+
+        _require(
+            jax.default_backend() == "gpu",
+            f"config.model.attention_impl='cudnn' needs a GPU, but JAX runs on {jax.default_backend()!r}; use 'xla'",
+        )
+    _one_of(m.positional, POSITIONALS, "config.model.positional")
+    if m.share_encoder_decoder:
+        _require(
+            m.arch == "encoder_decoder",
+            f"config.model.share_encoder_decoder=True needs arch='encoder_decoder', not {m.arch!r}",
+        )
+        _require(
+            m.num_encoder_layers in (0, m.num_layers),
+            "config.model.share_encoder_decoder=True needs num_encoder_layers == num_layers "
+            f"(got {m.num_encoder_layers} and {m.num_layers}); set num_encoder_layers=0",
+        )
+
+    _one_of(d.tokenizer, TOKENIZERS, "config.data.tokenizer")
+    _one_of(d.objective, OBJECTIVES, "config.data.objective")
+    objective = d.objective if d.objective != "auto" else ("mlm" if m.arch == "encoder_only" else "lm")
+    if m.arch == "encoder_only":
+        _require(
+            objective == "mlm",
+            "config.model.arch='encoder_only' is bidirectional and cannot be trained on left-to-right LM; "
+            "set config.data.objective='mlm' (or 'auto')",
+        )
+    else:
+        _require(
+            objective == "lm",
+            f"config.data.objective='mlm' needs config.model.arch='encoder_only', not {m.arch!r}",
+        )
+    _one_of(d.decoder_only_loss, DECODER_ONLY_LOSSES, "config.data.decoder_only_loss")
+    _require(d.seq_len >= 2, f"config.data.seq_len must be >= 2, got {d.seq_len}")
+    _require(0.0 < d.train_fraction < 1.0, f"config.data.train_fraction must be in (0, 1), got {d.train_fraction}")
+    _require(0.0 < d.cut_fraction < 1.0, f"config.data.cut_fraction must be in (0, 1), got {d.cut_fraction}")
+    _require(0.0 < d.mask_rate < 1.0, f"config.data.mask_rate must be in (0, 1), got {d.mask_rate}")
+
+    for field in ("num_train_steps", "batch_size", "eval_batch_size", "log_every_steps", "max_checkpoints_to_keep"):
+        _require(config[field] >= 1, f"config.{field} must be >= 1, got {config[field]}")
+    for field in ("eval_every_steps", "checkpoint_every_steps"):
+        _require(config[field] >= 0, f"config.{field} must be >= 0 (0 = only at the end), got {config[field]}")
+
+    _require(o.learning_rate > 0, f"config.optimizer.learning_rate must be > 0, got {o.learning_rate}")
+    _require(
+        0 <= o.min_learning_rate <= o.learning_rate,
+        f"config.optimizer.min_learning_rate must be in [0, {o.learning_rate}] (the learning rate), "
+        f"got {o.min_learning_rate}",
+    )
+    _require(o.warmup_steps >= 0, f"config.optimizer.warmup_steps must be >= 0, got {o.warmup_steps}")
+    _require(
+        o.decay_steps >= 0, f"config.optimizer.decay_steps must be >= 0 (0 = num_train_steps), got {o.decay_steps}"
+    )
+    for field in ("b1", "b2"):
+        _require(0.0 <= o[field] < 1.0, f"config.optimizer.{field} must be in [0, 1), got {o[field]}")
+    _require(o.eps > 0, f"config.optimizer.eps must be > 0, got {o.eps}")
+    _require(o.weight_decay >= 0, f"config.optimizer.weight_decay must be >= 0, got {o.weight_decay}")
+    _require(o.grad_clip_norm >= 0, f"config.optimizer.grad_clip_norm must be >= 0 (0 = off), got {o.grad_clip_norm}")
+    _require(o.grad_accum_steps >= 1, f"config.optimizer.grad_accum_steps must be >= 1, got {o.grad_accum_steps}")
+    _require(
+        config.batch_size % o.grad_accum_steps == 0,
+        f"config.batch_size={config.batch_size} is not divisible by "
+        f"config.optimizer.grad_accum_steps={o.grad_accum_steps}",
+    )

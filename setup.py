@@ -1,0 +1,29 @@
+"""gpt2_jax: why GPT-2 needs only a decoder, answered by experiment (JAX/Flax)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="gpt2_jax",
+    version="0.1.0",
+    description="Decoder-only, prefix-LM, encoder-decoder and encoder-only Transformers compared fairly, in JAX/Flax.",
+    packages=find_packages(include=["gpt2_jax", "gpt2_jax.*", "configs", "configs.*", "experiments", "experiments.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        # jax 0.11+ needs Python 3.12; on 3.11 pip resolves jax 0.10.2 and flax 0.12.8.
+        "jax>=0.10.2,<0.13",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.12.0",
+        "ml-collections>=1.0",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        # TFDS without TensorFlow: array_record files read through tfds.data_source.
+        "tensorflow-datasets>=4.9.8",
+        "importlib_resources",  # imported by tfds 4.9.x but only declared for Python < 3.9
+        "tensorboardX>=2.6",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "ruff>=0.6"],
+    },
+)

@@ -1,0 +1,41 @@
+"""Test setup: 8 fake CPU devices (for the sharding tests), offline data, a scratch cache."""
+
+import os
+import sys
+from pathlib import Path
+
+# Must happen before jax is imported anywhere.
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+_shared = REPO.parent / "shared" / "data"
+if "GPT2_JAX_DATA_DIR" not in os.environ and _shared.is_dir():
+    os.environ["GPT2_JAX_DATA_DIR"] = str(_shared)
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# Tests build many experiments with identical shapes: XLA's persistent cache
+# compiles each distinct program once per session.
+jax.config.update(
+    "jax_compilation_cache_dir", os.environ.get("GPT2_JAX_TEST_XLA_CACHE", "/tmp/gpt2_jax_test_xla_cache")
+)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(autouse=True)
+def _scratch_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own writable cache; nothing touches ~/.cache."""
+    monkeypatch.setenv("GPT2_JAX_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def shakespeare_path() -> Path:
+    """tinyshakespeare from the data directory (the tests never download)."""
+    path = Path(os.environ.get("GPT2_JAX_DATA_DIR", "")) / "tinyshakespeare" / "input.txt"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: point GPT2_JAX_DATA_DIR at the shared data directory")
+    return path

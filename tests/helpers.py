@@ -1,0 +1,49 @@
+"""Small configs and batches shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+
+from configs import default
+
+REPO = Path(__file__).resolve().parents[1]
+
+TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n\n"
+)
+
+
+def write_corpus(directory: Path, repeats: int = 40, text: str = TEXT) -> Path:
+    path = directory / "corpus.txt"
+    path.write_text(text * repeats)
+    return path
+
+
+def tiny_config(arch: str = "decoder_only", corpus: Path | None = None, **overrides) -> ml_collections.ConfigDict:
+    """A model small enough to compile and train in seconds on one CPU device."""
+    config = default.get_config()
+    config.model.arch = arch
+    config.model.num_layers = 2
+    config.model.num_heads = 2
+    config.model.emb_dim = 32
+    config.data.seq_len = 16
+    config.batch_size = 8
+    config.eval_batch_size = 16
+    config.num_train_steps = 20
+    config.eval_every_steps = 10
+    config.log_every_steps = 5
+    config.checkpoint_every_steps = 10
+    config.optimizer.warmup_steps = 2
+    config.mesh.data = 1
+    if corpus is not None:
+        config.data.corpus = str(corpus)
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config

@@ -1,0 +1,111 @@
+"""One train step for every architecture: it learns, accumulates exactly, resumes exactly."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from gpt2_jax import optim, train
+from gpt2_jax.metrics_writer import read_metrics
+from tests.helpers import tiny_config, write_corpus
+
+ARCHS = ("decoder_only", "prefix_lm", "encoder_decoder", "encoder_only")
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return write_corpus(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_overfits_one_batch(corpus, arch):
+    config = tiny_config(arch, corpus)
+    config.optimizer.learning_rate = 3e-3
+    config.optimizer.min_learning_rate = 3e-3
+    config.optimizer.weight_decay = 0.0
+    exp = train.Experiment(config)
+    state = exp.init_state()
+    batch = exp.place(exp.data.train_batch(0))
+    first = None
+    for _ in range(150):
+        state, metrics = exp.train_step(state, batch)
+        loss = float(metrics["loss_sum"] / metrics["weight_sum"])
+        first = loss if first is None else first
+    assert first > 2.0
+    assert loss < 0.05, f"{arch} did not memorise one batch: {first:.3f} -> {loss:.3f}"
+
+
+def test_gradient_accumulation_equals_full_batch(corpus):
+    results = {}
+    for accum in (1, 4):
+        config = tiny_config("prefix_lm", corpus, **{"optimizer.grad_accum_steps": accum, "data.random_cut": True})
+        exp = train.Experiment(config)
+        state = exp.init_state()
+        for step in range(3):
+            state, metrics = exp.train_step(state, exp.place(exp.data.train_batch(step)))
+        results[accum] = (jax.device_get(state.params), jax.device_get(metrics))
+    (p1, m1), (p4, m4) = results[1], results[4]
+    np.testing.assert_allclose(m1["loss_sum"], m4["loss_sum"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_weight_decay_mask_and_schedule():
+    params = {
+        "wte": {"embedding": 0},
+        "h_0": {"ln_1": {"scale": 0, "bias": 0}, "attn": {"c_attn": {"kernel": 0, "bias": 0}}},
+    }
+    mask = traverse_util.flatten_dict(optim.decay_mask(params), sep="/")
+    assert mask == {
+        "wte/embedding": False,
+        "h_0/ln_1/scale": False,
+        "h_0/ln_1/bias": False,
+        "h_0/attn/c_attn/kernel": True,
+        "h_0/attn/c_attn/bias": False,
+    }
+    assert traverse_util.flatten_dict(optim.decay_mask(params, decay_embeddings=True), sep="/")["wte/embedding"]
+    config = tiny_config()
+    config.optimizer.warmup_steps = 10
+    sched = optim.schedule(config.optimizer, 100)
+    assert float(sched(0)) == 0.0
+    assert float(sched(10)) == pytest.approx(1e-3)
+    assert float(sched(100)) == pytest.approx(1e-4)
+    assert 1e-4 < float(sched(55)) < 1e-3
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_train_and_evaluate_writes_the_run(tmp_path, corpus, arch):
+    config = tiny_config(arch, corpus)
+    workdir = tmp_path / "run"
+    results = train.train_and_evaluate(config, workdir)
+    for key in ("final_eval_loss", "best_eval_loss", "num_params", "tokens_seen", "wall_time_s", "train_tokens_per_s"):
+        assert key in results
+    assert results["final_eval_loss"] < 4.0  # started near log(vocab) ~ 3.5-4; it learned something
+    assert json.loads((workdir / "results.json").read_text()) == results
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["model"]["arch"] == arch and saved["model"]["vocab_size"] > 0
+    events = read_metrics(workdir)
+    assert {e["split"] for e in events} == {"train", "eval"}
+    assert all({"step", "split", "loss"} <= set(e) for e in events)
+    assert [e["step"] for e in events if e["split"] == "eval"] == [10, 20]
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
+    assert results["tokens_seen"] >= 20 * 8 * 8
+    assert results["loss_tokens_seen"] <= results["tokens_seen"]
+
+
+@pytest.mark.parametrize("arch", ["decoder_only", "encoder_decoder"])
+def test_resume_gives_the_same_final_loss(tmp_path, corpus, arch):
+    # The learning-rate schedule is pinned to 20 steps so that a run stopped
+    # after its step-10 checkpoint is exactly the first half of the full run.
+    pinned = {"optimizer.decay_steps": 20, "model.dropout_rate": 0.1}
+    straight = train.train_and_evaluate(tiny_config(arch, corpus, **pinned), tmp_path / "straight")
+    resumed_dir = tmp_path / "resumed"
+    train.train_and_evaluate(tiny_config(arch, corpus, num_train_steps=10, **pinned), resumed_dir)
+    resumed = train.train_and_evaluate(tiny_config(arch, corpus, **pinned), resumed_dir)
+    assert resumed["final_eval_loss"] == straight["final_eval_loss"]
+    assert resumed["tokens_seen"] == straight["tokens_seen"]
+    steps = [e["step"] for e in read_metrics(resumed_dir) if e["split"] == "train"]
+    assert steps == sorted(set(steps)), "a resumed run must not log a step twice"
