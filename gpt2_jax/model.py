@@ -62,6 +62,7 @@ class TransformerConfig:
     share_encoder_decoder: bool = False
     positional: str = "learned"
     remat: bool = False
+    vector_dim: int = 0
     use_bias: bool = True
     layer_norm_epsilon: float = 1e-5
 
@@ -202,6 +203,10 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """The model.  ``model.apply({"params": p}, batch)`` returns float32 logits ``[B, L, V]``.
 
+    With ``vector_dim > 0`` the batch also carries ``input_vectors [B, L, F]``
+    (and ``encoder_input_vectors``), and the model returns one real value per
+    position ``[B, L]`` instead of logits.
+
     ``batch`` follows :mod:`gpt2_jax.batch`.  Pass ``deterministic=False`` and
     ``rngs={"dropout": key}`` to train with dropout.
     """
@@ -227,12 +232,25 @@ class Transformer(nn.Module):
                 if cfg.positional == "learned":
                     self.encoder_wpe = nn.Embed(cfg.max_len, cfg.emb_dim, embedding_init=init, param_dtype=jnp.float32)
             self.encoder_ln_f = _layer_norm(cfg, "encoder_ln_f")
+        if cfg.vector_dim:
+            # Real-valued inputs (in-context regression): a linear read-in added to
+            # the token embedding, and a scalar read-out instead of the LM head.
+            self.wve = _dense(cfg, cfg.emb_dim, "wve")
+            self.value_head = _dense(cfg, 1, "value_head")
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def _embed(
-        self, tokens_BxL: Array, positions_BxL: Array, wpe: nn.Embed | None, deterministic: bool, name: str
+        self,
+        tokens_BxL: Array,
+        positions_BxL: Array,
+        wpe: nn.Embed | None,
+        deterministic: bool,
+        name: str,
+        vectors_BxLxF: Array | None = None,
     ) -> Array:
         x_BxLxD = self.wte(tokens_BxL)
+        if vectors_BxLxF is not None:
+            x_BxLxD = x_BxLxD + self.wve(vectors_BxLxF)
         if wpe is not None:
             x_BxLxD = x_BxLxD + wpe(positions_BxL)
         # Gradients w.r.t. this zero "perturbation" are the gradients w.r.t. the
@@ -247,7 +265,12 @@ class Transformer(nn.Module):
             raise ValueError(f"encode() is only defined for arch='encoder_decoder', not {cfg.arch!r}")
         wpe = self.encoder_wpe if cfg.positional == "learned" else None
         x = self._embed(
-            batch["encoder_input_tokens"], batch["encoder_positions"], wpe, deterministic, "encoder_embeddings"
+            batch["encoder_input_tokens"],
+            batch["encoder_positions"],
+            wpe,
+            deterministic,
+            "encoder_embeddings",
+            batch.get("encoder_input_vectors"),
         )
         seg = batch["encoder_segment_ids"]
         mask = masks.self_attention_mask("bidirectional", x.shape[1], segment_ids=seg)
@@ -263,7 +286,7 @@ class Transformer(nn.Module):
         tokens = batch["input_tokens"]
         L = tokens.shape[1]
         wpe = self.wpe if cfg.positional == "learned" else None
-        x = self._embed(tokens, batch["positions"], wpe, deterministic, "embeddings")
+        x = self._embed(tokens, batch["positions"], wpe, deterministic, "embeddings", batch.get("input_vectors"))
         seg = batch.get("segment_ids")
         kind = {"decoder_only": "causal", "encoder_decoder": "causal", "prefix_lm": "prefix"}.get(arch, "bidirectional")
         # An unpacked, unpadded causal row needs no mask tensor: is_causal lets
@@ -277,6 +300,8 @@ class Transformer(nn.Module):
         for block in self.h:
             x = block(x, mask, is_causal, deterministic, encoded, cross)
         x = self.ln_f(x)
+        if cfg.vector_dim:
+            return self.value_head(x)[..., 0].astype(jnp.float32)
         # Tied output embedding; logits accumulate and stay in float32.
         return jnp.einsum(
             "bld,vd->blv",

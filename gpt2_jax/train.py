@@ -18,7 +18,6 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +67,8 @@ class TrainState:
 
 
 def _loss_and_metrics(params, batch, model: Transformer, deterministic: bool, dropout_key):
-    logits = model.apply({"params": params}, batch, deterministic=deterministic, rngs={"dropout": dropout_key})
-    return losses.weighted_cross_entropy(logits, batch["target_tokens"], batch["loss_weights"])
+    outputs = model.apply({"params": params}, batch, deterministic=deterministic, rngs={"dropout": dropout_key})
+    return losses.compute(outputs, batch)
 
 
 def train_step(
@@ -129,16 +128,22 @@ def train_step(
 
 
 def eval_step(params, batch: dict[str, jax.Array], *, model: Transformer) -> dict[str, jax.Array]:
-    """Metric sums of one evaluation batch (no dropout)."""
-    _, sums = _loss_and_metrics(params, batch, model, True, jax.random.PRNGKey(0))
+    """Metric sums of one evaluation batch (no dropout), with exact match for token outputs."""
+    outputs = model.apply({"params": params}, batch)
+    _, sums = losses.compute(outputs, batch)
+    if "target_values" not in batch:
+        correct = (jnp.argmax(outputs, axis=-1) == batch["target_tokens"]).astype(jnp.float32)
+        sums.update(losses.exact_match(correct, batch["loss_weights"], batch.get("segment_ids")))
     return sums
 
 
 # --------------------------------------------------------------------------- setup
 
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int, data_max_len: int) -> TransformerConfig:
-    """Resolve the automatic model fields (vocabulary, position table) against the data."""
+def model_config(
+    config: ml_collections.ConfigDict, vocab_size: int, data_max_len: int, vector_dim: int = 0
+) -> TransformerConfig:
+    """Resolve the automatic model fields (vocabulary, position table, vector inputs) against the data."""
     m = config.model
     if m.vocab_size and m.vocab_size != vocab_size:
         raise ConfigError(
@@ -150,8 +155,10 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int, data_max_le
             f"config.model.max_len={m.max_len} is shorter than the data's sequences ({data_max_len} positions); "
             "raise it or set it to 0"
         )
+    if m.vector_dim and m.vector_dim != vector_dim:
+        raise ConfigError(f"config.model.vector_dim={m.vector_dim} but the data has {vector_dim}; set it to 0")
     values = m.to_dict()
-    values.update(vocab_size=vocab_size, max_len=m.max_len or data_max_len)
+    values.update(vocab_size=vocab_size, max_len=m.max_len or data_max_len, vector_dim=vector_dim)
     return TransformerConfig.from_config(values)
 
 
@@ -162,7 +169,9 @@ class Experiment:
         validation.validate(config)
         self.config = config
         self.data = data_lib.build(config)
-        self.model_config = model_config(config, self.data.tokenizer.vocab_size, self.data.max_len)
+        self.model_config = model_config(
+            config, self.data.tokenizer.vocab_size, self.data.max_len, self.data.vector_dim
+        )
         self.model = Transformer(self.model_config)
         self.mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
         batch_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
@@ -178,7 +187,7 @@ class Experiment:
                 f"config.eval_batch_size={config.eval_batch_size} is not divisible by the {batch_shards} "
                 f"data x fsdp shards of mesh {dict(self.mesh.shape)}"
             )
-        example = self.data.train_batch(0)
+        example = next(self.data.train_iterator())
         self._init_batch = {k: v[:1] for k, v in example.items()}
         abstract_params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))
         self.tx = optim.make(config.optimizer, config.num_train_steps, abstract_params)
@@ -226,10 +235,10 @@ class Experiment:
         rows = sharding.process_slice(len(host_batch["input_tokens"]))
         return sharding.global_batch({k: v[rows] for k, v in host_batch.items()}, self.mesh)
 
-    def evaluate(self, params) -> dict[str, float]:
-        """Loss, accuracy and token count over the whole validation split."""
+    def evaluate(self, params, split: str = "validation") -> dict[str, float]:
+        """Loss, accuracy (and exact match) over a whole evaluation split."""
         total = None
-        for host_batch in self.data.eval_batches():
+        for host_batch in self.data.eval_splits[split]():
             sums = self.eval_step(params, self.place(host_batch))
             total = sums if total is None else jax.tree.map(jnp.add, total, sums)
         return losses.summarize(jax.device_get(total))
@@ -256,8 +265,16 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Model fields whose 0 means "derive from the data"; a resolved value in config.json is not a difference.
+AUTO_FIELDS = ("model.vocab_size", "model.max_len", "model.mlp_dim", "model.num_encoder_layers", "model.vector_dim")
+
+
 def check_workdir(workdir: Path, config_dict: dict, overwrite: bool) -> None:
-    """Refuse a workdir that holds a run of another config (unless ``overwrite``, which clears it)."""
+    """Refuse a workdir that holds a run of another config (unless ``overwrite``, which clears it).
+
+    ``config_dict`` is the config as given (automatic fields still 0); what the
+    data resolves them to is checked against the checkpoint instead.
+    """
     path = workdir / "config.json"
     if not path.exists():
         return
@@ -268,8 +285,8 @@ def check_workdir(workdir: Path, config_dict: dict, overwrite: bool) -> None:
     old, new = _flatten(saved), _flatten(json.loads(json.dumps(config_dict)))
     diffs = [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
-        for k in sorted(set(old) | set(new))
-        if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+        for k in sorted(new)
+        if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES and not (k in AUTO_FIELDS and new.get(k) == 0)
     ]
     if not diffs:
         return
@@ -321,167 +338,219 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a non-finite loss or gradient."""
 
 
-def _batches(exp: Experiment, start: int, stop: int) -> Iterator[tuple[int, dict, tuple[int, int]]]:
-    for step in range(start, stop):
-        host = exp.data.train_batch(step)
-        yield step, exp.place(host), batch_lib.count_tokens(host)
+class _Timer:
+    """Steady-state training time: starts after the first (compiling) step, pauses for eval and checkpoints."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.tokens = 0
+        self._since: float | None = None
+
+    def start(self) -> None:
+        self._since = time.time()
+
+    @contextlib.contextmanager
+    def paused(self):
+        t0 = time.time()
+        yield
+        if self._since is not None:
+            self._since += time.time() - t0
+
+    def stop(self, tokens: int) -> None:
+        if self._since is not None:
+            self.seconds += time.time() - self._since
+            self.tokens += tokens
+            self._since = None
+
+
+class Trainer:
+    """One run in one workdir: restore, train, evaluate, checkpoint, report."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, overwrite: bool = False):
+        self.wall_start = time.time()
+        self.config = config
+        self.workdir = workdir
+        self.exp = Experiment(config)
+        resolved = _resolved_config(config, self.exp.model_config)
+        check_workdir(workdir, config.to_dict(), overwrite)
+        if jax.process_index() == 0:
+            (workdir / "config.json").write_text(json.dumps(resolved, indent=2))
+            tokenizers.save(self.exp.data.tokenizer, workdir / "tokenizer.json")
+        self.ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config.max_checkpoints_to_keep)
+        abstract = checkpointing.abstract_with_shardings(self.exp.abstract_state, self.exp.state_shardings)
+        restored = self.ckpt.restore(abstract, self.exp.signature)
+        self.counters = {
+            "tokens_seen": 0,
+            "loss_tokens_seen": 0,
+            "wall_time_s": 0.0,
+            "train_time_s": 0.0,
+            "timed_tokens": 0,
+            "best_eval_loss": float("inf"),
+            "last_eval": None,
+        }
+        data_state = None
+        if restored is None:
+            self.state, self.start = self.exp.init_state(), 0
+        else:
+            self.state, meta, self.start = restored
+            self.counters.update(meta["counters"])
+            data_state = meta["data"]
+            log.info("resumed from step %d in %s", self.start, self.ckpt.directory)
+        self.iterator = self.exp.data.train_iterator(data_state)
+        self.writer = MetricsWriter(workdir, resume_step=self.start if restored is not None else None)
+
+    # -- pieces ---------------------------------------------------------------
+
+    def _meta(self) -> dict:
+        elapsed = self.counters["wall_time_s"] + (time.time() - self.wall_start)
+        return {
+            "signature": self.exp.signature,
+            "data": self.iterator.get_state(),
+            "counters": dict(self.counters, wall_time_s=elapsed),
+        }
+
+    def _save(self, step: int) -> None:
+        self.ckpt.save(step, self.state, self._meta())
+
+    def _evaluate(self, step: int) -> None:
+        result = self.exp.evaluate(self.state.params)
+        self.counters["best_eval_loss"] = min(self.counters["best_eval_loss"], result["loss"])
+        self.counters["last_eval"] = result
+        self.writer.write(step, "eval", result)
+        log.info("step %d eval loss %.4f accuracy %.4f", step, result["loss"], result["accuracy"])
+
+    def _nonfinite(self, where: str) -> NonFiniteLossError:
+        return NonFiniteLossError(
+            f"non-finite loss or gradient {where}; the last good checkpoint in {self.ckpt.directory} is kept. "
+            "Lower config.optimizer.learning_rate, or set config.on_nonfinite='skip' to drop such updates"
+        )
+
+    def _log(self, done: int, window: dict, tokens: int, seconds: float) -> dict:
+        values = jax.device_get(window)
+        if values["nonfinite"] > 0 and self.config.on_nonfinite == "stop":
+            raise self._nonfinite(f"at or before step {done}")
+        summary = losses.summarize(values)
+        summary.update(
+            learning_rate=float(optim.schedule(self.config.optimizer, self.config.num_train_steps)(done - 1)),
+            grad_norm=float(values["grad_norm"] / values["steps"]),
+            tokens_per_s=tokens / max(seconds, 1e-9),
+            nonfinite_steps=int(jax.device_get(self.state.nonfinite_steps)),
+        )
+        self.writer.write(done, "train", summary)
+        return summary
+
+    # -- the loop -------------------------------------------------------------
+
+    def train(self) -> int | None:
+        """Train to ``num_train_steps``; returns the step at which a signal stopped it, else None."""
+        config, exp, counters = self.config, self.exp, self.counters
+        total = config.num_train_steps
+        timer = _Timer()
+        window, window_tokens, window_start = None, 0, time.time()
+        pending = None  # (step, nonfinite flag) of the previous step, read one step late to keep the device busy
+        progress = tqdm.tqdm(total=total, initial=self.start, disable=None, dynamic_ncols=True, desc="train")
+        with _Preemption() as preemption, contextlib.closing(progress):
+            for step in range(self.start, total):
+                host_batch = next(self.iterator)
+                seen, with_loss = batch_lib.count_tokens(host_batch)
+                self.state, metrics = exp.train_step(self.state, exp.place(host_batch))
+                if pending is not None and config.on_nonfinite == "stop" and float(pending[1]) > 0:
+                    raise self._nonfinite(f"at step {pending[0]}")
+                pending = (step, metrics["nonfinite"])
+                counters["tokens_seen"] += seen
+                counters["loss_tokens_seen"] += with_loss
+                window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
+                window_tokens += seen
+                if step == self.start:
+                    jax.block_until_ready(self.state.step)
+                    timer.start()
+                    timed_from = counters["tokens_seen"]
+                done = step + 1
+                last = done == total
+                if done % config.log_every_steps == 0 or last:
+                    summary = self._log(done, window, window_tokens, time.time() - window_start)
+                    progress.set_postfix(loss=f"{summary['loss']:.4f}", tok_s=f"{summary['tokens_per_s']:.0f}")
+                    window, window_tokens, window_start = None, 0, time.time()
+                progress.update(1)
+                with timer.paused():
+                    if last or (config.eval_every_steps and done % config.eval_every_steps == 0):
+                        self._evaluate(done)
+                    if last or (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0):
+                        self._save(done)
+                    if preemption.requested is not None and not last:
+                        self._save(done)
+                        timer.stop(counters["tokens_seen"] - timed_from)
+                        return done
+            jax.block_until_ready(self.state.step)
+            if self.start < total:
+                timer.stop(counters["tokens_seen"] - timed_from)
+        counters["train_time_s"] += timer.seconds
+        counters["timed_tokens"] += timer.tokens
+        return None
+
+    def results(self) -> dict:
+        """Final evaluation of every split, written to ``results.json``."""
+        exp, counters, total = self.exp, self.counters, self.config.num_train_steps
+        if counters["last_eval"] is None:  # resumed a run that had already finished
+            self._evaluate(total)
+        final = counters["last_eval"]
+        splits = {"validation": final}
+        for split in exp.data.eval_splits:
+            if split != "validation":
+                splits[split] = exp.evaluate(self.state.params, split)
+                self.writer.write(total, f"eval_{split}", splits[split])
+        num_params, num_emb = exp.num_params()
+        results = {
+            "arch": exp.model_config.arch,
+            "steps": total,
+            "final_eval_loss": final["loss"],
+            "final_eval_accuracy": final["accuracy"],
+            **({"final_eval_exact_match": final["exact_match"]} if "exact_match" in final else {}),
+            "best_eval_loss": counters["best_eval_loss"],
+            "eval_loss_tokens": final["loss_tokens"],
+            "eval": splits,
+            "num_params": num_params,
+            "num_embedding_params": num_emb,
+            "num_non_embedding_params": num_params - num_emb,
+            "tokens_seen": counters["tokens_seen"],
+            "loss_tokens_seen": counters["loss_tokens_seen"],
+            "wall_time_s": counters["wall_time_s"] + (time.time() - self.wall_start),
+            "train_tokens_per_s": counters["timed_tokens"] / max(counters["train_time_s"], 1e-9),
+            "nonfinite_steps": int(jax.device_get(self.state.nonfinite_steps)),
+            "finished": True,
+        }
+        if jax.process_index() == 0:
+            (self.workdir / "results.json").write_text(json.dumps(results, indent=2))
+        return results
+
+    def close(self) -> None:
+        self.ckpt.close()
+        self.writer.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, overwrite: bool = False) -> dict:
     """Train and evaluate one run in ``workdir``; resume if it holds a checkpoint.
 
-    Returns the contents of ``results.json`` (with ``"preempted": True`` and
-    no results file when a SIGTERM/SIGINT stopped the run early).
+    Returns the contents of ``results.json``, or ``{"preempted": True, "step": N}``
+    (and no results file) when SIGTERM/SIGINT stopped the run after saving a
+    checkpoint at step N.
     """
-    wall_start = time.time()
     validation.validate(config)
     if config.distributed:
         jax.distributed.initialize()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    exp = Experiment(config)
-    resolved = _resolved_config(config, exp.model_config)
-    check_workdir(workdir, resolved, overwrite)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(json.dumps(resolved, indent=2))
-        tokenizers.save(exp.data.tokenizer, str(workdir / "tokenizer.json"))
-
-    ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config.max_checkpoints_to_keep)
-    abstract = checkpointing.abstract_with_shardings(exp.abstract_state, exp.state_shardings)
-    restored = ckpt.restore(abstract, exp.signature)
-    counters = {
-        "tokens_seen": 0,
-        "loss_tokens_seen": 0,
-        "wall_time_s": 0.0,
-        "train_time_s": 0.0,
-        "timed_tokens": 0,
-        "best_eval_loss": float("inf"),
-        "last_eval": None,
-    }
-    if restored is None:
-        state, start = exp.init_state(), 0
-    else:
-        state, meta, start = restored
-        counters.update(meta["counters"])
-        log.info("resumed from step %d in %s", start, ckpt.directory)
-    writer = MetricsWriter(workdir, resume_step=start if restored is not None else None)
-    num_params, num_emb = exp.num_params()
-    total = config.num_train_steps
-    log.info("%s: %d parameters (%d embedding), steps %d..%d", exp.model_config.arch, num_params, num_emb, start, total)
-
-    def meta_for(step: int) -> dict:
-        elapsed = counters["wall_time_s"] + (time.time() - wall_start)
-        return {
-            "signature": exp.signature,
-            "data": exp.data.state(step),
-            "counters": dict(counters, wall_time_s=elapsed),
-        }
-
-    def run_eval(step: int) -> None:
-        result = exp.evaluate(state.params)
-        counters["best_eval_loss"] = min(counters["best_eval_loss"], result["loss"])
-        counters["last_eval"] = result
-        writer.write(step, "eval", result)
-        log.info("step %d eval loss %.4f accuracy %.4f", step, result["loss"], result["accuracy"])
-
-    window = None
-    window_tokens = 0
-    window_start = time.time()
-    timed_since = None  # first step of this process includes compilation: not timed
-    pending_nonfinite = None
-    preempted = None
-    progress = tqdm.tqdm(total=total, initial=start, disable=None, dynamic_ncols=True, desc="train")
-    with _Preemption() as preemption, contextlib.closing(writer):
-        try:
-            for step, batch, (seen, with_loss) in _batches(exp, start, total):
-                state, metrics = exp.train_step(state, batch)
-                if pending_nonfinite is not None and float(pending_nonfinite[1]) > 0 and config.on_nonfinite == "stop":
-                    raise NonFiniteLossError(
-                        f"non-finite loss or gradient at step {pending_nonfinite[0]}; the last good checkpoint "
-                        f"in {ckpt.directory} is kept. Lower config.optimizer.learning_rate, or set "
-                        "config.on_nonfinite='skip' to drop such updates"
-                    )
-                pending_nonfinite = (step, metrics["nonfinite"])
-                counters["tokens_seen"] += seen
-                counters["loss_tokens_seen"] += with_loss
-                window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
-                window_tokens += seen
-                if timed_since is None:
-                    jax.block_until_ready(state.step)
-                    timed_since, timed_start_tokens = time.time(), counters["tokens_seen"]
-                done = step + 1
-                is_last = done == total
-                if done % config.log_every_steps == 0 or is_last:
-                    values = jax.device_get(window)
-                    if values["nonfinite"] > 0 and config.on_nonfinite == "stop":
-                        raise NonFiniteLossError(
-                            f"non-finite loss or gradient at or before step {step}; the last good checkpoint "
-                            f"in {ckpt.directory} is kept. Lower config.optimizer.learning_rate, or set "
-                            "config.on_nonfinite='skip' to drop such updates"
-                        )
-                    now = time.time()
-                    summary = losses.summarize(values)
-                    summary.update(
-                        learning_rate=float(optim.schedule(config.optimizer, total)(step)),
-                        grad_norm=float(values["grad_norm"] / values["steps"]),
-                        tokens_per_s=window_tokens / max(now - window_start, 1e-9),
-                        nonfinite_steps=int(jax.device_get(state.nonfinite_steps)),
-                    )
-                    writer.write(done, "train", summary)
-                    progress.set_postfix(loss=f"{summary['loss']:.4f}", tok_s=f"{summary['tokens_per_s']:.0f}")
-                    window, window_tokens, window_start = None, 0, now
-                progress.update(1)
-                if is_last or (config.eval_every_steps and done % config.eval_every_steps == 0):
-                    t0 = time.time()
-                    run_eval(done)
-                    timed_since += time.time() - t0  # evaluation is not training time
-                    window_start += time.time() - t0
-                if is_last or (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0):
-                    t0 = time.time()
-                    ckpt.save(done, state, meta_for(done))
-                    timed_since += time.time() - t0
-                    window_start += time.time() - t0
-                if preemption.requested is not None and not is_last:
-                    ckpt.save(done, state, meta_for(done))
-                    preempted = (done, preemption.requested)
-                    break
-            jax.block_until_ready(state.step)
-            if timed_since is not None:
-                counters["train_time_s"] += time.time() - timed_since
-                counters["timed_tokens"] += counters["tokens_seen"] - timed_start_tokens
-        finally:
-            progress.close()
-            ckpt.close()
-
-    counters["wall_time_s"] += time.time() - wall_start
-    if preempted is not None:
-        log.warning(
-            "stopped by signal %d after step %d; checkpoint saved in %s. Re-run the same command to continue",
-            preempted[1],
-            preempted[0],
-            ckpt.directory,
-        )
-        return {"preempted": True, "step": preempted[0]}
-    if counters["last_eval"] is None:  # resumed a run that had already finished
-        run_eval(total)
-    final = counters["last_eval"]
-    results = {
-        "arch": exp.model_config.arch,
-        "steps": total,
-        "final_eval_loss": final["loss"],
-        "final_eval_accuracy": final["accuracy"],
-        "best_eval_loss": counters["best_eval_loss"],
-        "eval_loss_tokens": final["loss_tokens"],
-        "num_params": num_params,
-        "num_embedding_params": num_emb,
-        "num_non_embedding_params": num_params - num_emb,
-        "tokens_seen": counters["tokens_seen"],
-        "loss_tokens_seen": counters["loss_tokens_seen"],
-        "wall_time_s": counters["wall_time_s"],
-        "train_tokens_per_s": counters["timed_tokens"] / max(counters["train_time_s"], 1e-9),
-        "nonfinite_steps": int(jax.device_get(state.nonfinite_steps)),
-        "finished": True,
-    }
-    if jax.process_index() == 0:
-        (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    return results
+    trainer = Trainer(config, workdir, overwrite)
+    try:
+        stopped = trainer.train()
+        if stopped is not None:
+            trainer.ckpt.wait()
+            log.warning(
+                "stopped by a signal after step %d; checkpoint saved in %s. Re-run the same command to continue",
+                stopped,
+                trainer.ckpt.directory,
+            )
+            return {"preempted": True, "step": stopped}
+        return trainer.results()
+    finally:
+        trainer.close()

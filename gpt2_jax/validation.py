@@ -7,14 +7,15 @@ names the field and says what to change.
 from __future__ import annotations
 
 from gpt2_jax.batch import ARCHITECTURES
+from gpt2_jax.data import DATASETS, PAIRED_DATASETS
+from gpt2_jax.data.tokenizers import NAMES as TOKENIZERS
 from gpt2_jax.errors import ConfigError
 from gpt2_jax.model import DTYPES
 
 ATTENTION_IMPLS = ("xla", "cudnn")
 POSITIONALS = ("learned", "none")
-OBJECTIVES = ("auto", "lm", "mlm")
-DECODER_ONLY_LOSSES = ("all", "continuation")
-TOKENIZERS = ("char", "byte")
+OBJECTIVES = ("auto", "lm", "mlm", "span_corruption", "seq2seq")
+DECODER_ONLY_LOSSES = ("auto", "all", "continuation")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -61,25 +62,49 @@ def validate(config) -> None:
             f"(got {m.num_encoder_layers} and {m.num_layers}); set num_encoder_layers=0",
         )
 
+    _one_of(d.dataset, DATASETS, "config.data.dataset")
     _one_of(d.tokenizer, TOKENIZERS, "config.data.tokenizer")
     _one_of(d.objective, OBJECTIVES, "config.data.objective")
-    objective = d.objective if d.objective != "auto" else ("mlm" if m.arch == "encoder_only" else "lm")
-    if m.arch == "encoder_only":
+    if d.dataset == "text":
         _require(
-            objective == "mlm",
-            "config.model.arch='encoder_only' is bidirectional and cannot be trained on left-to-right LM; "
-            "set config.data.objective='mlm' (or 'auto')",
+            d.objective != "seq2seq",
+            "config.data.objective='seq2seq' needs paired data (dataset multi30k, pairs or synthetic)",
         )
-    else:
+        objective = d.objective if d.objective != "auto" else ("mlm" if m.arch == "encoder_only" else "lm")
+        if m.arch == "encoder_only":
+            _require(
+                objective == "mlm",
+                "config.model.arch='encoder_only' is bidirectional and cannot generate a continuation; "
+                "set config.data.objective='mlm' (or 'auto')",
+            )
+        else:
+            _require(
+                objective != "mlm",
+                f"config.data.objective='mlm' needs config.model.arch='encoder_only', not {m.arch!r}",
+            )
+    elif d.dataset in PAIRED_DATASETS:
         _require(
-            objective == "lm",
-            f"config.data.objective='mlm' needs config.model.arch='encoder_only', not {m.arch!r}",
+            d.objective in ("auto", "seq2seq"),
+            f"dataset {d.dataset!r} is paired data, trained as seq2seq; set config.data.objective='auto'",
         )
     _one_of(d.decoder_only_loss, DECODER_ONLY_LOSSES, "config.data.decoder_only_loss")
     _require(d.seq_len >= 2, f"config.data.seq_len must be >= 2, got {d.seq_len}")
     _require(0.0 < d.train_fraction < 1.0, f"config.data.train_fraction must be in (0, 1), got {d.train_fraction}")
     _require(0.0 < d.cut_fraction < 1.0, f"config.data.cut_fraction must be in (0, 1), got {d.cut_fraction}")
     _require(0.0 < d.mask_rate < 1.0, f"config.data.mask_rate must be in (0, 1), got {d.mask_rate}")
+    _require(0.0 < d.noise_density < 1.0, f"config.data.noise_density must be in (0, 1), got {d.noise_density}")
+    _require(
+        d.mean_noise_span_length >= 1,
+        f"config.data.mean_noise_span_length must be >= 1, got {d.mean_noise_span_length}",
+    )
+    _require(d.num_sentinels >= 0, f"config.data.num_sentinels must be >= 0, got {d.num_sentinels}")
+    if d.objective == "span_corruption":
+        _require(
+            d.num_sentinels > 0, "config.data.objective='span_corruption' needs config.data.num_sentinels > 0 (T5: 100)"
+        )
+    if d.tokenizer == "sentencepiece":
+        _require(d.vocab_size >= 8, f"config.data.vocab_size must be >= 8 for sentencepiece, got {d.vocab_size}")
+    _require(m.vector_dim >= 0, f"config.model.vector_dim must be >= 0 (0 = from the data), got {m.vector_dim}")
 
     for field in ("num_train_steps", "batch_size", "eval_batch_size", "log_every_steps", "max_checkpoints_to_keep"):
         _require(config[field] >= 1, f"config.{field} must be >= 1, got {config[field]}")

@@ -59,7 +59,7 @@ def test_missing_data_file_fails_clearly(tmp_path):
         f"--config.data.corpus={tmp_path / 'nope.txt'}",
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: corpus file")
+    assert result.stderr.strip().splitlines()[-1].startswith("error: data file")
     assert "does not exist" in result.stderr and "GPT2_JAX_DATA_DIR" in result.stderr
     assert "Traceback" not in result.stderr
 

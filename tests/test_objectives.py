@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from gpt2_jax import batch as batch_lib
-from gpt2_jax.data import objectives, text
-from gpt2_jax.data.tokenizers import ByteTokenizer, CharTokenizer
+from gpt2_jax import data
+from gpt2_jax.data import objectives
+from gpt2_jax.data.tokenizers import ByteTokenizer
 from tests.helpers import tiny_config, write_corpus
 
 TOK = ByteTokenizer()
@@ -77,27 +78,25 @@ def test_mlm_corrupts_fixed_share_bert_style():
     np.testing.assert_array_equal(b["target_tokens"], windows)
 
 
-def text_lm(tmp_path, arch, **overrides):
+def text_dataset(tmp_path, arch, **overrides):
     corpus = write_corpus(tmp_path, repeats=8)
-    config = tiny_config(arch, corpus, **overrides)
-    data = text.TextLM(config.data, arch, config.seed, config.batch_size, config.eval_batch_size)
-    return data, corpus
+    return data.build(tiny_config(arch, corpus, **overrides))
 
 
 @pytest.mark.parametrize("arch", ["decoder_only", "encoder_only"])
 def test_eval_scores_every_validation_token_exactly_once(tmp_path, arch):
-    data, _ = text_lm(tmp_path, arch, **{"data.objective": "auto"})
-    batches = list(data.eval_batches())
+    ds = text_dataset(tmp_path, arch)
+    batches = list(ds.eval_splits["validation"]())
     shapes = {b["input_tokens"].shape for b in batches}
     assert len(shapes) == 1, "every eval batch has the same shape (one compilation)"
     if arch == "decoder_only":
         weighted_targets = np.concatenate([b["target_tokens"][b["loss_weights"] > 0] for b in batches])
-        assert len(weighted_targets) == len(data.eval_ids) - 1
-        np.testing.assert_array_equal(weighted_targets, data.eval_ids[1:])
+        assert len(weighted_targets) == len(ds.eval_ids) - 1
+        np.testing.assert_array_equal(weighted_targets, ds.eval_ids[1:])
     else:
         covered = sum(int(b["segment_ids"].sum()) for b in batches)
-        assert covered == len(data.eval_ids)
-    again = list(data.eval_batches())
+        assert covered == len(ds.eval_ids)
+    again = list(ds.eval_splits["validation"]())
     for a, b in zip(batches, again, strict=True):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
@@ -106,26 +105,95 @@ def test_eval_scores_every_validation_token_exactly_once(tmp_path, arch):
 @pytest.mark.parametrize("arch", CAUSAL_ARCHS)
 def test_cut_objective_eval_scores_same_tokens_for_every_arch(tmp_path, arch):
     continuation = {"data.decoder_only_loss": "continuation"}
-    ref, _ = text_lm(tmp_path, "decoder_only", **continuation)
-    data, _ = text_lm(tmp_path, arch, **continuation)
-    ref_targets = [loss_targets(b) for b in ref.eval_batches()]
-    got = [loss_targets(b) for b in data.eval_batches()]
+    ref = text_dataset(tmp_path, "decoder_only", **continuation)
+    ds = text_dataset(tmp_path, arch, **continuation)
+    ref_targets = [loss_targets(b) for b in ref.eval_splits["validation"]()]
+    got = [loss_targets(b) for b in ds.eval_splits["validation"]()]
     assert got == ref_targets
 
 
 def test_training_batches_are_a_function_of_seed_and_step(tmp_path):
-    data, _ = text_lm(tmp_path, "prefix_lm", **{"data.random_cut": True})
-    a, b, c = data.train_batch(7), data.train_batch(7), data.train_batch(8)
+    ds = text_dataset(tmp_path, "prefix_lm", **{"data.random_cut": True})
+    it = ds.train_iterator()
+    a = next(it)
+    b, c = next(ds.train_iterator({"step": 0})), next(ds.train_iterator({"step": 1}))
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     assert not np.array_equal(a["input_tokens"], c["input_tokens"])
     assert a["input_tokens"].shape == (8, 16)
+    assert it.get_state() == {"step": 1}
 
 
-def test_char_tokenizer_round_trip_and_unknown_char():
-    tok = CharTokenizer.from_text("hello world")
-    ids = tok.encode("hello")
-    assert ids.min() >= tok.num_specials and tok.decode(ids) == "hello"
-    assert tok.vocab_size == tok.num_specials + len(set("hello world"))
-    with pytest.raises(ValueError, match="not in this char tokenizer"):
-        tok.encode("z")
+def test_seq2seq_examples_give_every_arch_the_same_targets_and_packing_respects_segments():
+    tok = ByteTokenizer()
+    pairs = [("ab", "xyz"), ("cde", "w"), ("f", "uv")]
+    examples = [objectives.seq2seq_example(tok.encode(s), tok.encode(t), tok) for s, t in pairs]
+    expected = sorted(t for _, tgt in pairs for t in [*tok.encode(tgt).tolist(), tok.eos_id])
+    for arch in (*CAUSAL_ARCHS, "encoder_only"):
+        for pack in (False, True):
+            rows = 1 if pack else 3
+            b = objectives.convert(examples, arch, tok, rows, 20, 20, pack=pack)
+            got = sorted(b["target_tokens"][b["loss_weights"] > 0].tolist())
+            assert got == expected, (arch, pack)
+            if pack:
+                assert sorted(set(b["segment_ids"][0].tolist()) - {0}) == [1, 2, 3]
+
+
+def test_packed_row_literal_layout_prefix_lm():
+    tok = ByteTokenizer()
+    a = objectives.Example(np.array([10, 11]), np.array([12, 2]))
+    b = objectives.Example(np.array([20]), np.array([21, 22, 2]))
+    out = objectives.convert([a, b], "prefix_lm", tok, rows=1, length=8, pack=True)
+    assert out["input_tokens"].tolist() == [[10, 11, 12, 20, 21, 22, 0, 0]]
+    assert out["target_tokens"].tolist() == [[11, 12, 2, 21, 22, 2, 0, 0]]
+    assert out["loss_weights"].tolist() == [[0, 1, 1, 1, 1, 1, 0, 0]]
+    assert out["segment_ids"].tolist() == [[1, 1, 1, 2, 2, 2, 0, 0]]
+    assert out["positions"].tolist() == [[0, 1, 2, 0, 1, 2, 0, 0]]
+    assert out["bidirectional"].tolist() == [[1, 1, 0, 1, 0, 0, 0, 0]]
+
+
+def test_packed_encoder_decoder_streams_share_segment_ids():
+    tok = ByteTokenizer()
+    a = objectives.Example(np.array([10, 11, 3]), np.array([12, 2]))
+    b = objectives.Example(np.array([20, 3]), np.array([21, 22, 2]))
+    out = objectives.convert([a, b], "encoder_decoder", tok, rows=1, length=6, encoder_length=6, pack=True)
+    assert out["encoder_input_tokens"].tolist() == [[10, 11, 3, 20, 3, 0]]
+    assert out["encoder_segment_ids"].tolist() == [[1, 1, 1, 2, 2, 0]]
+    assert out["input_tokens"].tolist() == [[tok.bos_id, 12, tok.bos_id, 21, 22, 0]]
+    assert out["target_tokens"].tolist() == [[12, 2, 21, 22, 2, 0]]
+    assert out["segment_ids"].tolist() == [[1, 1, 2, 2, 2, 0]]
+
+
+def test_encoder_only_fills_the_continuation_behind_mask_tokens():
+    tok = ByteTokenizer()
+    ex = objectives.Example(np.array([10, 11, 3]), np.array([12, 2]))
+    out = objectives.convert([ex], "encoder_only", tok, rows=1, length=6)
+    assert out["input_tokens"].tolist() == [[10, 11, 3, tok.mask_id, tok.mask_id, 0]]
+    assert out["target_tokens"].tolist() == [[10, 11, 3, 12, 2, 0]]
+    assert out["loss_weights"].tolist() == [[0, 0, 0, 1, 1, 0]]
+
+
+def test_span_corruption_matches_t5():
+    tok = ByteTokenizer(num_sentinels=10)
+    rng = np.random.default_rng(0)
+    tokens = np.arange(100, 140)
+    ex = objectives.span_corruption(tokens, tok, 0.15, 3.0, rng)
+    sentinels = set(tok.sentinel_ids)
+    noise = [t for t in ex.continuation.tolist() if t not in sentinels and t != tok.eos_id]
+    kept = [t for t in ex.prefix.tolist() if t not in sentinels]
+    assert len(noise) == 6, "15% of 40 tokens"
+    assert sorted(noise + kept) == tokens.tolist(), "every token is either kept or spelled out in the target"
+    spans = [t for t in ex.prefix.tolist() if t in sentinels]
+    assert spans == [t for t in ex.continuation.tolist() if t in sentinels] == list(tok.sentinel_ids[: len(spans)])
+    assert len(spans) == 2, "mean span length 3"
+    assert ex.continuation[-1] == tok.eos_id
+    with pytest.raises(ValueError, match="num_sentinels"):
+        objectives.span_corruption(tokens, ByteTokenizer(), 0.15, 3.0, rng)
+
+
+@pytest.mark.parametrize("arch", CAUSAL_ARCHS)
+def test_span_corruption_text_dataset_same_targets(tmp_path, arch):
+    opts = {"data.objective": "span_corruption", "data.num_sentinels": 8, "data.seq_len": 24}
+    ref = next(text_dataset(tmp_path, "decoder_only", **opts).train_iterator())
+    got = next(text_dataset(tmp_path, arch, **opts).train_iterator())
+    assert loss_targets(got) == loss_targets(ref)

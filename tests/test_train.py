@@ -27,7 +27,7 @@ def test_overfits_one_batch(corpus, arch):
     config.optimizer.weight_decay = 0.0
     exp = train.Experiment(config)
     state = exp.init_state()
-    batch = exp.place(exp.data.train_batch(0))
+    batch = exp.place(next(exp.data.train_iterator()))
     first = None
     for _ in range(150):
         state, metrics = exp.train_step(state, batch)
@@ -43,8 +43,9 @@ def test_gradient_accumulation_equals_full_batch(corpus):
         config = tiny_config("prefix_lm", corpus, **{"optimizer.grad_accum_steps": accum, "data.random_cut": True})
         exp = train.Experiment(config)
         state = exp.init_state()
-        for step in range(3):
-            state, metrics = exp.train_step(state, exp.place(exp.data.train_batch(step)))
+        batches = exp.data.train_iterator()
+        for _ in range(3):
+            state, metrics = exp.train_step(state, exp.place(next(batches)))
         results[accum] = (jax.device_get(state.params), jax.device_get(metrics))
     (p1, m1), (p4, m4) = results[1], results[4]
     np.testing.assert_allclose(m1["loss_sum"], m4["loss_sum"], rtol=1e-5)
@@ -109,3 +110,54 @@ def test_resume_gives_the_same_final_loss(tmp_path, corpus, arch):
     assert resumed["tokens_seen"] == straight["tokens_seen"]
     steps = [e["step"] for e in read_metrics(resumed_dir) if e["split"] == "train"]
     assert steps == sorted(set(steps)), "a resumed run must not log a step twice"
+
+
+@pytest.mark.parametrize("arch", ["decoder_only", "prefix_lm", "encoder_decoder"])
+def test_translation_trains_every_arch_on_the_same_targets(tmp_path, arch):
+    config = tiny_config(arch, **{"data.dataset": "multi30k", "data.tokenizer": "sentencepiece"})
+    config.data.vocab_size = 1000
+    config.data.seq_len = 96
+    config.num_train_steps, config.eval_every_steps, config.checkpoint_every_steps = 4, 4, 4
+    results = train.train_and_evaluate(config, tmp_path / arch)
+    assert results["eval"]["validation"]["examples"] == results["eval"]["validation"]["examples"] > 900
+    assert set(results["eval"]) == {"validation", "test"}
+    assert 0 < results["final_eval_loss"] < 8
+
+
+def test_in_context_regression_trains(tmp_path):
+    config = tiny_config("prefix_lm", **{"data.dataset": "icl_regression"})
+    config.data.icl.num_train, config.data.icl.num_eval = 256, 8
+    config.num_train_steps, config.eval_every_steps, config.checkpoint_every_steps = 30, 30, 30
+    results = train.train_and_evaluate(config, tmp_path / "icl")
+    assert results["eval"]["validation"]["loss_tokens"] == 8 * config.data.icl.num_queries
+    assert results["final_eval_loss"] < 10.0  # y = w.x has variance dim = 8 before learning
+
+
+def _small_copy_config(arch: str):
+    from configs import synthetic
+
+    config = synthetic.get_config("copy")
+    config.mesh.data = 1
+    config.model.arch = arch
+    config.model.emb_dim, config.model.num_heads = 64, 2
+    s = config.data.synthetic
+    s.alphabet_size, s.min_len, s.max_len, s.ood_max_len, s.num_train, s.num_eval = 8, 2, 8, 0, 4000, 200
+    config.data.seq_len, config.batch_size = 24, 32
+    config.num_train_steps = config.eval_every_steps = config.checkpoint_every_steps = 150
+    config.optimizer.learning_rate, config.optimizer.min_learning_rate, config.optimizer.warmup_steps = 3e-3, 3e-4, 30
+    return config
+
+
+def test_copy_task_reaches_exact_match(tmp_path):
+    results = train.train_and_evaluate(_small_copy_config("encoder_decoder"), tmp_path / "copy")
+    assert results["final_eval_exact_match"] > 0.95
+
+
+@pytest.mark.slow
+def test_synthetic_config_copy_task_above_95_percent(tmp_path):
+    from configs import synthetic
+
+    config = synthetic.get_config("copy")
+    config.mesh.data = 1
+    results = train.train_and_evaluate(config, tmp_path / "copy")
+    assert results["final_eval_exact_match"] > 0.95

@@ -1,0 +1,434 @@
+"""Datasets: a source, a tokenizer and an objective, served as batches of one architecture.
+
+Every dataset offers
+
+* ``train_iterator(state)``: an iterator of global training batches whose
+  position (``get_state()``) is saved with each checkpoint and restored on
+  resume, so a resumed run continues exactly where it stopped;
+* ``eval_splits``: split name -> a function returning that split's batches,
+  covering the **whole** split in fixed-shape batches, identical on every call;
+* ``max_len`` (positions any stack needs) and ``tokenizer``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from gpt2_jax.data import objectives, sources
+from gpt2_jax.data.objectives import Example, RowBuilder
+from gpt2_jax.data.tokenizers import Tokenizer
+from gpt2_jax.errors import DataError
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, np.ndarray]
+EvalSplits = dict[str, Callable[[], Iterator[Batch]]]
+
+
+class StepIterator:
+    """Batches that are a pure function of ``(seed, step)``; the state is the next step."""
+
+    def __init__(self, make_batch: Callable[[int], Batch], state: dict | None = None):
+        self._make = make_batch
+        self.step = int(state["step"]) if state else 0
+
+    def __iter__(self) -> StepIterator:
+        return self
+
+    def __next__(self) -> Batch:
+        batch = self._make(self.step)
+        self.step += 1
+        return batch
+
+    def get_state(self) -> dict:
+        return {"step": self.step}
+
+
+class EpochIterator:
+    """Examples in a fresh random order each epoch, placed into rows (padded or packed).
+
+    The state is ``(epoch, index)`` of the next example not yet placed; an
+    example that does not fit in the current batch opens the next one.
+    """
+
+    def __init__(
+        self,
+        examples: list[Example],
+        new_builder: Callable[[], RowBuilder],
+        seed: int,
+        state: dict | None = None,
+    ):
+        self.examples, self.new_builder, self.seed = examples, new_builder, seed
+        self.epoch = int(state["epoch"]) if state else 0
+        self.index = int(state["index"]) if state else 0
+        self._order = self._permutation(self.epoch)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+
+    def __iter__(self) -> EpochIterator:
+        return self
+
+    def __next__(self) -> Batch:
+        builder = self.new_builder()
+        while builder.add(self.examples[self._order[self.index]]):
+            self.index += 1
+            if self.index == len(self.examples):
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._permutation(self.epoch)
+        return builder.batch()
+
+    def get_state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+
+def _eval_batches(examples: list[Example], new_builder: Callable[[], RowBuilder]) -> Iterator[Batch]:
+    """Every example once, one per row, in order; the last batch is padded with empty rows."""
+    builder = new_builder()
+    for ex in examples:
+        if not builder.add(ex):
+            yield builder.batch()
+            builder = new_builder()
+            builder.add(ex)
+    if builder.count.any():
+        yield builder.batch()
+
+
+class TextDataset:
+    """Language modelling on a text corpus: cut-LM (all causal archs), BERT masked LM, or T5 span corruption.
+
+    Training rows are random windows (nanoGPT's sampler): the batch of step
+    ``s`` is a pure function of ``(seed, s)``.  Evaluation walks the whole
+    validation split in non-overlapping windows.
+    """
+
+    vector_dim = 0
+
+    def __init__(self, config, source: sources.Source, tokenizer: Tokenizer, objective: str, loss: str):
+        d = config.data
+        self.arch = config.model.arch
+        self.seed = config.seed
+        self.batch_size, self.eval_batch_size = config.batch_size, config.eval_batch_size
+        self.seq_len = int(d.seq_len)
+        self.tokenizer = tokenizer
+        self.objective = objective
+        self.random_cut = bool(d.random_cut)
+        self.mask_rate = float(d.mask_rate)
+        self.density, self.mean_span = float(d.noise_density), float(d.mean_noise_span_length)
+        self.loss = loss
+        self.train_ids = tokenizer.encode(source.texts("train"))
+        self.eval_ids = tokenizer.encode(source.texts("validation"))
+        if objective == "lm":
+            self.window = self.seq_len + 1
+        elif objective == "mlm":
+            self.window = self.seq_len
+        else:
+            self.window = objectives.span_corruption_window(self.seq_len, self.density, self.mean_span)
+        for split, ids in (("training", self.train_ids), ("validation", self.eval_ids)):
+            if len(ids) < self.window:
+                raise DataError(
+                    f"the {split} split of the corpus has {len(ids)} tokens, fewer than one context window of "
+                    f"{self.window}; lower config.data.seq_len or use a longer corpus"
+                )
+        self.fixed_cut = min(max(round(float(d.cut_fraction) * self.seq_len), 1), self.seq_len)
+
+    @property
+    def encoder_len(self) -> int:
+        if self.objective != "lm":
+            return self.seq_len
+        return self.seq_len if self.random_cut else self.fixed_cut
+
+    @property
+    def decoder_len(self) -> int:
+        if self.arch != "encoder_decoder" or self.objective != "lm":
+            return self.seq_len
+        return self.seq_len if self.random_cut else self.window - self.fixed_cut
+
+    @property
+    def max_len(self) -> int:
+        return max(self.decoder_len, self.encoder_len if self.arch == "encoder_decoder" else 0)
+
+    @property
+    def _full_rows(self) -> bool:
+        """Rows without padding need no segment ids (causal attention then needs no mask tensor)."""
+        if self.objective == "lm":
+            return self.arch != "encoder_decoder" or not self.random_cut
+        return self.objective == "mlm"
+
+    def _rows(self, windows: np.ndarray, cuts: np.ndarray, rng: np.random.Generator) -> Batch:
+        if self.objective == "mlm":
+            return objectives.mlm_batch(windows, self.tokenizer, self.mask_rate, rng)
+        if self.objective == "lm":
+            examples = objectives.window_examples(windows, cuts)
+        else:
+            examples = [
+                objectives.span_corruption(w, self.tokenizer, self.density, self.mean_span, rng) for w in windows
+            ]
+        return objectives.convert(
+            examples,
+            self.arch,
+            self.tokenizer,
+            len(windows),
+            self.decoder_len,
+            self.encoder_len,
+            self.loss,
+            with_segment_ids=not self._full_rows,
+        )
+
+    def _train_batch(self, step: int) -> Batch:
+        rng = np.random.default_rng([self.seed, step])
+        starts = rng.integers(0, len(self.train_ids) - self.window + 1, size=self.batch_size)
+        windows = self.train_ids[starts[:, None] + np.arange(self.window)[None]]
+        if self.random_cut:
+            cuts = rng.integers(1, self.seq_len + 1, size=self.batch_size)
+        else:
+            cuts = np.full(self.batch_size, self.fixed_cut)
+        return self._rows(windows, cuts, rng)
+
+    def train_iterator(self, state: dict | None = None) -> StepIterator:
+        return StepIterator(self._train_batch, state)
+
+    @property
+    def eval_splits(self) -> EvalSplits:
+        return {"validation": self._eval_batches}
+
+    def _eval_batches(self) -> Iterator[Batch]:
+        """Full-LM and masked-LM windows tile the split so every token is scored once (the last window padded);
+        cut-LM and span corruption score non-overlapping whole windows."""
+        ids = self.eval_ids
+        every_token = self.objective == "mlm" or (self.objective == "lm" and self.loss == "all")
+        # A full-LM window of W tokens scores W - 1 targets: consecutive windows share one token.
+        stride = self.window - 1 if self.objective == "lm" and every_token else self.window
+        last_start = len(ids) - (self.window - stride) if every_token else len(ids) - self.window + 1
+        starts = np.arange(0, last_start, stride)
+        rng = np.random.default_rng([self.seed, 2**31 - 1])  # fixed corruption
+        for first in range(0, len(starts), self.eval_batch_size):
+            chunk = starts[first : first + self.eval_batch_size]
+            windows = np.full((self.eval_batch_size, self.window), self.tokenizer.pad_id, np.int32)
+            valid = np.zeros((self.eval_batch_size, self.window), bool)
+            for row, start in enumerate(chunk):
+                piece = ids[start : start + self.window]
+                windows[row, : len(piece)] = piece
+                valid[row, : len(piece)] = True
+            # Padding rows are cut like the others; their loss is zeroed below.
+            batch = self._rows(windows, np.full(self.eval_batch_size, self.fixed_cut), rng)
+            yield self._mask_padding(batch, valid)
+
+    def _mask_padding(self, batch: Batch, valid_BxW: np.ndarray) -> Batch:
+        """Zero the loss and segment ids of padded positions and rows."""
+        rows_valid = valid_BxW.all(axis=1, keepdims=True)
+        if self.arch == "encoder_decoder" or self.objective == "span_corruption":
+            seg = batch.get("segment_ids", np.ones_like(batch["input_tokens"]))
+            batch["segment_ids"] = (seg * rows_valid).astype(np.int32)
+            if "encoder_segment_ids" in batch:
+                batch["encoder_segment_ids"] = (batch["encoder_segment_ids"] * rows_valid).astype(np.int32)
+        else:
+            # Position i reads token i and predicts token i+1 (lm) or token i (mlm).
+            read_ok = valid_BxW[:, : batch["input_tokens"].shape[1]]
+            target_ok = valid_BxW[:, 1:] if self.objective == "lm" else read_ok
+            batch["segment_ids"] = read_ok.astype(np.int32)
+            batch["loss_weights"] = batch["loss_weights"] * target_ok
+        batch["loss_weights"] = batch["loss_weights"] * (batch["segment_ids"] > 0)
+        return batch
+
+
+class PairedDataset:
+    """Sequence-to-sequence on aligned pairs: ``source <sep>`` as the prefix, ``target <eos>`` as the continuation.
+
+    Examples longer than ``seq_len`` for *any* architecture are dropped for all
+    of them, so every architecture trains and is evaluated on the same pairs.
+    """
+
+    vector_dim = 0
+
+    def __init__(self, config, splits: dict[str, list[tuple[str, str]]], tokenizer: Tokenizer, loss: str):
+        d = config.data
+        self.loss = loss
+        self.arch, self.seed = config.model.arch, config.seed
+        self.batch_size, self.eval_batch_size = config.batch_size, config.eval_batch_size
+        self.seq_len = int(d.seq_len)
+        self.pack = bool(d.pack)
+        self.tokenizer = tokenizer
+        self.examples: dict[str, list[Example]] = {}
+        for split, pairs in splits.items():
+            examples = [
+                objectives.seq2seq_example(tokenizer.encode(s), tokenizer.encode(t), tokenizer) for s, t in pairs
+            ]
+            kept = [ex for ex in examples if ex.length("encoder_only") <= self.seq_len]
+            if len(kept) < len(examples):
+                log.warning(
+                    "%s: dropped %d of %d pairs longer than seq_len=%d",
+                    split,
+                    len(examples) - len(kept),
+                    len(examples),
+                    self.seq_len,
+                )
+            if not kept:
+                raise DataError(f"no {split} pair fits in config.data.seq_len={self.seq_len}; raise it")
+            self.examples[split] = kept
+        self.max_len = self.seq_len
+
+    def _builder(self, rows: int, pack: bool) -> Callable[[], RowBuilder]:
+        return lambda: RowBuilder(self.arch, self.tokenizer, rows, self.seq_len, self.seq_len, self.loss, pack)
+
+    def train_iterator(self, state: dict | None = None) -> EpochIterator:
+        return EpochIterator(self.examples["train"], self._builder(self.batch_size, self.pack), self.seed, state)
+
+    @property
+    def eval_splits(self) -> EvalSplits:
+        builder = self._builder(self.eval_batch_size, pack=False)
+        return {
+            split: (lambda exs=exs: _eval_batches(exs, builder))
+            for split, exs in self.examples.items()
+            if split != "train"
+        }
+
+
+class FactsDataset(PairedDataset):
+    """Reversal curse (Berglund et al. 2023; Wu et al. 2024): learn "NAME is ATTR." and answer both ways.
+
+    Training rows hold the statements (causal LM loss on every token for
+    decoder-only, BERT masking for encoder-only).  Evaluation asks every fact
+    forward (``NAME is`` -> ``ATTR``) and in reverse: a causal model completes
+    ``ATTR is`` -> ``NAME``, a masked LM fills ``[mask]... is ATTR.``.
+    """
+
+    def __init__(self, config, facts: list[tuple[str, str]], tokenizer: Tokenizer):
+        d = config.data
+        self.arch, self.seed = config.model.arch, config.seed
+        self.batch_size, self.eval_batch_size = config.batch_size, config.eval_batch_size
+        self.seq_len, self.pack, self.tokenizer, self.loss = int(d.seq_len), True, tokenizer, "continuation"
+        self.mask_rate = float(d.mask_rate)
+        enc = tokenizer.encode
+        is_, dot = enc(" is "), enc(".")
+        self.statements = [np.concatenate([enc(n), is_, enc(a), dot]) for n, a in facts]
+        if self.arch == "encoder_only":
+            forward = [self._masked(enc(n), is_, enc(a), dot, answer="right") for n, a in facts]
+            reverse = [self._masked(enc(n), is_, enc(a), dot, answer="left") for n, a in facts]
+        else:
+            forward = [Example(np.concatenate([enc(n), is_]), np.concatenate([enc(a), dot])) for n, a in facts]
+            reverse = [Example(np.concatenate([enc(a), is_]), np.concatenate([enc(n), dot])) for n, a in facts]
+        self.examples = {"forward": forward, "reverse": reverse}
+        longest = max(len(s) for s in self.statements)
+        if longest > self.seq_len:
+            raise DataError(f"facts need config.data.seq_len >= {longest}, got {self.seq_len}")
+        self.max_len = self.seq_len
+
+    @staticmethod
+    def _masked(name, is_, attr, dot, answer: str) -> Example:
+        tokens = np.concatenate([name, is_, attr, dot])
+        hidden = np.zeros(len(tokens), bool)
+        if answer == "right":
+            hidden[len(name) + len(is_) : len(tokens) - len(dot)] = True
+        else:
+            hidden[: len(name)] = True
+        return Example(tokens[:0], tokens[:0], masked_view=(tokens, hidden))
+
+    def _train_batch(self, step: int) -> Batch:
+        rng = np.random.default_rng([self.seed, step])
+        chosen = rng.integers(0, len(self.statements), size=self.batch_size)
+        if self.arch == "encoder_only":
+            examples = []
+            for i in chosen:
+                s = self.statements[i]
+                hidden = rng.random(len(s)) < self.mask_rate
+                hidden[rng.integers(len(s))] = True
+                examples.append(Example(s[:0], s[:0], masked_view=(s, hidden)))
+            loss = "continuation"
+        else:
+            # The whole statement is the target: a cut after the first token, loss on everything.
+            examples = [Example(self.statements[i][:1], self.statements[i][1:]) for i in chosen]
+            loss = "all" if self.arch == "decoder_only" else "continuation"
+        return objectives.convert(examples, self.arch, self.tokenizer, self.batch_size, self.seq_len, loss=loss)
+
+    def train_iterator(self, state: dict | None = None) -> StepIterator:
+        return StepIterator(self._train_batch, state)
+
+
+class RegressionDataset:
+    """In-context linear regression (Ding et al. 2023): predict ``w.x`` of a query from ``(x, w.x)`` examples.
+
+    Each row is one sequence's ``k`` context pairs ``z_i = (x_i, y_i)`` followed
+    by one of its queries ``(x_q, 0)``; the model reads the vectors and is
+    trained with squared error on the query's ``y``.  The prefix-LM sees the
+    context both ways, the causal LM only left to right; the encoder-decoder
+    encodes the context and decodes the query.
+    """
+
+    def __init__(self, config, splits: dict[str, tuple[np.ndarray, np.ndarray]], tokenizer: Tokenizer):
+        icl = config.data.icl
+        self.arch, self.seed = config.model.arch, config.seed
+        self.batch_size, self.eval_batch_size = config.batch_size, config.eval_batch_size
+        self.k, self.q = int(icl.num_examples), int(icl.num_queries)
+        self.tokenizer = tokenizer
+        self.splits = splits
+        self.vector_dim = splits["train"][0].shape[-1] + 1
+        self.max_len = self.k + 1
+
+    def _rows(self, x: np.ndarray, y: np.ndarray, seq: np.ndarray, query: np.ndarray, valid: np.ndarray) -> Batch:
+        B, k = len(seq), self.k
+        context = np.concatenate([x[seq, :k], y[seq, :k, None]], axis=-1)  # [B, k, d+1]
+        q_index = k + query
+        x_q = x[seq, q_index]
+        query_vec = np.concatenate([x_q, np.zeros((B, 1), np.float32)], axis=-1)[:, None]  # [B, 1, d+1]
+        target = y[seq, q_index]
+        rows_valid = valid[:, None].astype(np.int32)
+        if self.arch == "encoder_decoder":
+            return {
+                "encoder_input_vectors": context.astype(np.float32),
+                "encoder_input_tokens": np.zeros((B, k), np.int32),
+                "encoder_positions": np.broadcast_to(np.arange(k, dtype=np.int32), (B, k)).copy(),
+                "encoder_segment_ids": np.repeat(rows_valid, k, axis=1),
+                "input_vectors": query_vec.astype(np.float32),
+                "input_tokens": np.zeros((B, 1), np.int32),
+                "target_tokens": np.zeros((B, 1), np.int32),
+                "target_values": target[:, None].astype(np.float32),
+                "loss_weights": rows_valid.astype(np.float32),
+                "positions": np.zeros((B, 1), np.int32),
+                "segment_ids": rows_valid,
+            }
+        L = k + 1
+        weights = np.zeros((B, L), np.float32)
+        weights[:, k] = valid
+        values = np.zeros((B, L), np.float32)
+        values[:, k] = target
+        out = {
+            "input_vectors": np.concatenate([context, query_vec], axis=1).astype(np.float32),
+            "input_tokens": np.zeros((B, L), np.int32),
+            "target_tokens": np.zeros((B, L), np.int32),
+            "target_values": values,
+            "loss_weights": weights,
+            "positions": np.broadcast_to(np.arange(L, dtype=np.int32), (B, L)).copy(),
+            "segment_ids": np.repeat(rows_valid, L, axis=1),
+        }
+        if self.arch == "prefix_lm":
+            out["bidirectional"] = (np.arange(L)[None] < k).astype(np.int32).repeat(B, axis=0)
+        return out
+
+    def _train_batch(self, step: int) -> Batch:
+        rng = np.random.default_rng([self.seed, step])
+        x, y = self.splits["train"]
+        seq = rng.integers(0, len(x), size=self.batch_size)
+        query = rng.integers(0, self.q, size=self.batch_size)
+        return self._rows(x, y, seq, query, np.ones(self.batch_size, bool))
+
+    def train_iterator(self, state: dict | None = None) -> StepIterator:
+        return StepIterator(self._train_batch, state)
+
+    def _eval_batches(self, split: str) -> Iterator[Batch]:
+        x, y = self.splits[split]
+        pairs = np.array([(i, j) for i in range(len(x)) for j in range(self.q)])
+        for first in range(0, len(pairs), self.eval_batch_size):
+            chunk = pairs[first : first + self.eval_batch_size]
+            valid = np.zeros(self.eval_batch_size, bool)
+            valid[: len(chunk)] = True
+            padded = np.zeros((self.eval_batch_size, 2), int)
+            padded[: len(chunk)] = chunk
+            yield self._rows(x, y, padded[:, 0], padded[:, 1], valid)
+
+    @property
+    def eval_splits(self) -> EvalSplits:
+        return {split: (lambda s=split: self._eval_batches(s)) for split in self.splits if split != "train"}

@@ -1,0 +1,197 @@
+"""Sources build offline into the cache, datasets serve every architecture, bad data fails clearly."""
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpt2_jax import data, train
+from gpt2_jax.data import datasets, sources, synthetic
+from gpt2_jax.errors import CheckpointError, DataError
+from tests.helpers import TEXT, tiny_config, write_corpus
+
+DATA_DIR = Path(os.environ.get("GPT2_JAX_DATA_DIR", ""))
+
+
+def cache() -> Path:
+    return Path(os.environ["GPT2_JAX_CACHE_DIR"])
+
+
+def test_tinyshakespeare_builds_offline_and_reads_back(shakespeare_path):
+    files = sources.corpus_files("tinyshakespeare/input.txt", "", cache())
+    assert files == [shakespeare_path]
+    source = sources.text_corpus(files, 0.9, cache())
+    train_text, val_text = source.texts("train"), source.texts("validation")
+    assert (len(train_text), len(val_text)) == (1_003_854, 111_540)
+    assert train_text + val_text == shakespeare_path.read_text()
+    prepared = list((cache() / "tfds" / "gpt2_jax_text").rglob("*.array_record*"))
+    assert prepared, "prepared as array_record in the cache"
+    assert not any(str(p).startswith(str(DATA_DIR)) for p in prepared)
+
+
+def test_text_folder_and_rebuild_when_inputs_change(tmp_path):
+    folder = tmp_path / "books"
+    folder.mkdir()
+    (folder / "a.txt").write_text("alpha " * 200)
+    (folder / "b.txt").write_text("beta " * 200)
+    (folder / "skip.md").write_text("not text")
+    files = sources.corpus_files(str(folder), "", cache())
+    assert [f.name for f in files] == ["a.txt", "b.txt"]
+    first = sources.text_corpus(files, 0.5, cache())
+    assert "alpha" in first.texts("train") and "beta" in first.texts("validation")
+    (folder / "b.txt").write_text("gamma " * 200)
+    second = sources.text_corpus(files, 0.5, cache())
+    assert "gamma" in second.texts("validation") and "beta" not in second.texts("validation")
+    assert first.builder.data_dir != second.builder.data_dir
+
+
+def test_multi30k_builds_offline_both_directions():
+    if not (DATA_DIR / "multi30k" / "train.de.gz").exists():
+        pytest.fail("multi30k is missing from GPT2_JAX_DATA_DIR")
+    source = sources.multi30k("", cache())
+    sizes = {split: len(source.pairs(split)) for split in ("train", "validation", "test")}
+    assert sizes == {"train": 29000, "validation": 1014, "test": 1000}
+    de, en = source.pairs("train")[0]
+    first_en = gzip.decompress((DATA_DIR / "multi30k" / "train.en.gz").read_bytes()).decode().splitlines()[0]
+    assert en == first_en and de != en
+    config = tiny_config(**{"data.dataset": "multi30k", "data.direction": "en-de", "data.tokenizer": "byte"})
+    config.data.seq_len = 256
+    ds = data.build(config)
+    assert ds.tokenizer.decode(ds.examples["train"][0].prefix).startswith(en[:20])
+
+
+def test_local_pairs_and_misaligned_files(tmp_path):
+    src, tgt = tmp_path / "train.src", tmp_path / "train.tgt"
+    src.write_text("".join(f"source {i}\n" for i in range(50)))
+    tgt.write_text("".join(f"target {i}\n" for i in range(50)))
+    config = tiny_config(**{"data.dataset": "pairs", "data.source_file": str(src), "data.target_file": str(tgt)})
+    config.data.seq_len = 32
+    ds = data.build(config)
+    assert len(ds.examples["train"]) == 45 and len(ds.examples["validation"]) == 5
+    tgt.write_text("".join(f"target {i}\n" for i in range(49)))
+    with pytest.raises(DataError, match=r"misaligned: .*50 lines but .*49"):
+        data.build(config)
+
+
+def test_synthetic_tasks_are_deterministic_with_held_out_lengths():
+    cfg = tiny_config().data.synthetic
+    cfg.task, cfg.op_position, cfg.num_train, cfg.num_eval = "reverse,sort+shift", "last", 300, 50
+    a, b = synthetic.transduction_splits(cfg), synthetic.transduction_splits(cfg)
+    assert a == b
+    assert not {s for s, _ in a["train"]} & {s for s, _ in a["validation"]}
+    for source, target in a["train"]:
+        body, op = (source[:-1], source[-1]) if source[-1] == "R" else (source[:-2], source[-2:])
+        assert op in ("R", "SH")
+        expected = body[::-1] if op == "R" else "".join(chr((ord(c) - 97 + 1) % 16 + 97) for c in sorted(body))
+        assert target == expected
+    assert all(13 <= len(t) <= 16 for _, t in a["test_ood"])
+    with pytest.raises(DataError, match="unknown synthetic task 'rotate'"):
+        synthetic.parse_tasks("copy,rotate")
+
+
+def test_in_context_regression_is_linear_per_sequence():
+    cfg = tiny_config().data.icl
+    x, y = synthetic.regression_sequences(4, cfg.dim, cfg.num_examples, cfg.num_queries, 0.0, 0)
+    for xs, ys in zip(x, y, strict=True):
+        w, *_ = np.linalg.lstsq(xs[: cfg.num_examples], ys[: cfg.num_examples], rcond=None)
+        np.testing.assert_allclose(xs[cfg.num_examples :] @ w, ys[cfg.num_examples :], atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["decoder_only", "prefix_lm", "encoder_decoder"])
+def test_regression_dataset_puts_loss_on_the_query_only(arch):
+    config = tiny_config(arch, **{"data.dataset": "icl_regression", "data.icl.num_train": 64})
+    ds = data.build(config)
+    b = next(ds.train_iterator())
+    assert b["loss_weights"].sum() == config.batch_size
+    assert b["input_vectors"].shape[-1] == config.data.icl.dim + 1 == ds.vector_dim
+    if arch == "prefix_lm":
+        assert b["bidirectional"][0].tolist() == [1] * config.data.icl.num_examples + [0]
+    if arch != "encoder_decoder":
+        assert np.all(b["input_vectors"][:, -1, -1] == 0), "the query's y is hidden"
+    batches = list(ds.eval_splits["validation"]())
+    assert sum(b["loss_weights"].sum() for b in batches) == config.data.icl.num_eval * config.data.icl.num_queries
+
+
+def test_facts_forward_and_reverse_views():
+    facts = {"data.dataset": "facts", "data.facts.num_facts": 20, "data.seq_len": 48}
+    ds = data.build(tiny_config("decoder_only", **facts))
+    fwd, rev = ds.examples["forward"][0], ds.examples["reverse"][0]
+    tok = ds.tokenizer
+    name_attr = tok.decode(fwd.prefix) + tok.decode(fwd.continuation)
+    assert name_attr.endswith(".") and " is " in name_attr
+    name, attr = name_attr[:-1].split(" is ")
+    assert tok.decode(rev.prefix) == f"{attr} is " and tok.decode(rev.continuation) == f"{name}."
+    mlm = data.build(tiny_config("encoder_only", **facts))
+    tokens, hidden = mlm.examples["reverse"][0].masked_view
+    assert tok.decode(tokens[hidden]) == name, "the masked LM fills in the name before 'is'"
+
+
+def test_packed_iterator_restores_exactly():
+    config = tiny_config("encoder_decoder", **{"data.dataset": "synthetic", "data.seq_len": 32})
+    config.data.synthetic.num_train, config.data.synthetic.num_eval = 200, 20
+    ds = data.build(config)
+    it = ds.train_iterator()
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(40)]  # crosses an epoch boundary
+    assert it.get_state()["epoch"] >= 1
+    resumed = ds.train_iterator(state)
+    for want in expected:
+        got = next(resumed)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    row = next(resumed)
+    assert row["segment_ids"].max() > 1, "short examples are packed"
+
+
+def test_every_eval_example_is_scored_once():
+    config = tiny_config("prefix_lm", **{"data.dataset": "synthetic", "data.seq_len": 32})
+    config.data.synthetic.num_train, config.data.synthetic.num_eval = 200, 37
+    ds = data.build(config)
+    batches = list(ds.eval_splits["validation"]())
+    assert sum(int((b["segment_ids"].max(axis=1) > 0).sum()) for b in batches) == 37
+    assert set(ds.eval_splits) == {"validation", "test_ood"}
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (None, "does not exist"),
+        (b"", "is empty"),
+        (b"\xff\xfe bad bytes", "not UTF-8"),
+        (b"too short", "fewer than one context window"),
+    ],
+)
+def test_bad_corpus_gives_a_clear_error(tmp_path, content, match):
+    path = tmp_path / "corpus.txt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=match):
+        data.build(tiny_config(corpus=path))
+
+
+def test_vocabulary_that_does_not_match_the_checkpoint_is_refused(tmp_path):
+    corpus = write_corpus(tmp_path)
+    config = tiny_config(corpus=corpus, num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2)
+    train.train_and_evaluate(config, tmp_path / "run")
+    corpus.write_text((TEXT + "XYZ#@!\n") * 40)  # same file, wider alphabet
+    with pytest.raises(CheckpointError, match=r"vocab_size is .* in the checkpoint but .* in this run"):
+        train.train_and_evaluate(config, tmp_path / "run")
+
+
+def test_vocabulary_size_in_config_must_match_tokenizer(tmp_path):
+    corpus = write_corpus(tmp_path)
+    with pytest.raises(ValueError, match=r"vocab_size=999 but the 'char' tokenizer has \d+ tokens"):
+        train.Experiment(tiny_config(corpus=corpus, **{"model.vocab_size": 999}))
+
+
+def test_text_datasets_serve_every_objective(tmp_path):
+    corpus = write_corpus(tmp_path)
+    for arch, objective in [("decoder_only", "lm"), ("encoder_only", "mlm"), ("encoder_decoder", "span_corruption")]:
+        ds = data.build(tiny_config(arch, corpus, **{"data.objective": objective, "data.num_sentinels": 4}))
+        assert isinstance(ds, datasets.TextDataset)
+        b = next(ds.train_iterator())
+        assert b["loss_weights"].sum() > 0
