@@ -62,7 +62,10 @@ class Checkpointer:
     def __init__(self, directory: str | Path, max_to_keep: int = 2, async_save: bool = True):
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+            max_to_keep=max_to_keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,  # remove what a crash during a save left behind
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 

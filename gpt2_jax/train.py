@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import shutil
@@ -334,6 +335,15 @@ class _Preemption:
             signal.signal(sig, handler)
 
 
+def params_fingerprint(params: Any) -> str:
+    """SHA-256 of every parameter's bytes, in tree order: equal iff the parameters are bit-identical."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]:
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a non-finite loss or gradient."""
 
@@ -373,6 +383,7 @@ class Trainer:
         self.exp = Experiment(config)
         resolved = _resolved_config(config, self.exp.model_config)
         check_workdir(workdir, config.to_dict(), overwrite)
+        workdir.mkdir(parents=True, exist_ok=True)  # only once everything above has been checked
         if jax.process_index() == 0:
             (workdir / "config.json").write_text(json.dumps(resolved, indent=2))
             tokenizers.save(self.exp.data.tokenizer, workdir / "tokenizer.json")
@@ -472,10 +483,15 @@ class Trainer:
                     progress.set_postfix(loss=f"{summary['loss']:.4f}", tok_s=f"{summary['tokens_per_s']:.0f}")
                     window, window_tokens, window_start = None, 0, time.time()
                 progress.update(1)
+                evaluate = last or (config.eval_every_steps and done % config.eval_every_steps == 0)
+                save = last or (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0)
+                if (evaluate or save or preemption.requested is not None) and config.on_nonfinite == "stop":
+                    if float(pending[1]) > 0:  # never checkpoint or report a state past a bad step
+                        raise self._nonfinite(f"at step {pending[0]}")
                 with timer.paused():
-                    if last or (config.eval_every_steps and done % config.eval_every_steps == 0):
+                    if evaluate:
                         self._evaluate(done)
-                    if last or (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0):
+                    if save:
                         self._save(done)
                     if preemption.requested is not None and not last:
                         self._save(done)
@@ -517,6 +533,7 @@ class Trainer:
             "wall_time_s": counters["wall_time_s"] + (time.time() - self.wall_start),
             "train_tokens_per_s": counters["timed_tokens"] / max(counters["train_time_s"], 1e-9),
             "nonfinite_steps": int(jax.device_get(self.state.nonfinite_steps)),
+            "params_sha256": params_fingerprint(self.state.params),
             "finished": True,
         }
         if jax.process_index() == 0:
@@ -538,9 +555,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
     validation.validate(config)
     if config.distributed:
         jax.distributed.initialize()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, workdir, overwrite)
+    trainer = Trainer(config, Path(workdir), overwrite)
     try:
         stopped = trainer.train()
         if stopped is not None:

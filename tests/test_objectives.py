@@ -197,3 +197,28 @@ def test_span_corruption_text_dataset_same_targets(tmp_path, arch):
     ref = next(text_dataset(tmp_path, "decoder_only", **opts).train_iterator())
     got = next(text_dataset(tmp_path, arch, **opts).train_iterator())
     assert loss_targets(got) == loss_targets(ref)
+
+
+@pytest.mark.parametrize("arch", ["decoder_only", "prefix_lm", "encoder_decoder", "encoder_only"])
+def test_packed_rows_never_attend_across_examples_through_the_masks(arch):
+    from gpt2_jax import masks
+
+    tok = ByteTokenizer()
+    rng = np.random.default_rng(0)
+    examples = [
+        objectives.Example(
+            rng.integers(10, 200, size=rng.integers(1, 5)), rng.integers(10, 200, size=rng.integers(2, 5))
+        )
+        for _ in range(12)
+    ]
+    b = objectives.convert(examples[:3], arch, tok, rows=1, length=32, encoder_length=32, pack=True)
+    seg = b["segment_ids"]
+    kind = {"prefix_lm": "prefix", "encoder_only": "bidirectional"}.get(arch, "causal")
+    m = np.asarray(masks.self_attention_mask(kind, seg.shape[1], seg, b.get("bidirectional")))[0, 0]
+    q, k = np.nonzero(m)
+    assert len(q) > 0 and np.all(seg[0, q] == seg[0, k]) and np.all(seg[0, q] > 0)
+    if arch == "encoder_decoder":
+        enc = b["encoder_segment_ids"]
+        c = np.asarray(masks.cross_mask(seg, enc))[0, 0]
+        q, k = np.nonzero(c)
+        assert np.all(seg[0, q] == enc[0, k]) and set(seg[0, q]) == {1, 2, 3}
