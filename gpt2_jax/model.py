@@ -121,38 +121,74 @@ def attend(
     )
 
 
+Cache = dict[str, Array]  # one layer's key/value cache: {"k", "v"} [B, L_max, N, H]
+
+
+def write_cache(cache_BxTxNxH: Array, new_BxQxNxH: Array, index_B: Array) -> Array:
+    """Write ``Q`` new positions into each row's cache starting at that row's ``index``."""
+    return jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice(c, u.astype(c.dtype), (i, 0, 0)))(
+        cache_BxTxNxH, new_BxQxNxH, index_B
+    )
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a fused QKV projection (GPT-2's ``attn``)."""
+    """Multi-head self-attention with a fused QKV projection (GPT-2's ``attn``).
+
+    With a ``cache`` the new keys/values are written at ``index_B`` and the
+    queries attend over the whole cache (``mask`` is then ``[B, 1, Q, L_max]``).
+    """
 
     cfg: TransformerConfig
     num_layers: int
 
     @nn.compact
-    def __call__(self, x_BxLxD: Array, mask: Array | None, is_causal: bool) -> Array:
+    def __call__(
+        self,
+        x_BxLxD: Array,
+        mask: Array | None,
+        is_causal: bool,
+        cache: Cache | None = None,
+        index_B: Array | None = None,
+    ) -> tuple[Array, Cache | None]:
         cfg = self.cfg
         B, L, D = x_BxLxD.shape
         qkv_BxLx3D = _dense(cfg, 3 * D, "c_attn")(x_BxLxD)
         qkv_BxLx3xNxH = qkv_BxLx3D.reshape(B, L, 3, cfg.num_heads, cfg.head_dim)
         q, k, v = (qkv_BxLx3xNxH[:, :, i] for i in range(3))
+        if cache is not None:
+            cache = {"k": write_cache(cache["k"], k, index_B), "v": write_cache(cache["v"], v, index_B)}
+            k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
         out_BxLxNxH = attend(q, k, v, mask, is_causal, cfg.attention_impl)
-        return _dense(cfg, D, "c_proj", _residual_std(self.num_layers))(out_BxLxNxH.reshape(B, L, D))
+        return _dense(cfg, D, "c_proj", _residual_std(self.num_layers))(out_BxLxNxH.reshape(B, L, D)), cache
 
 
 class CrossAttention(nn.Module):
-    """Decoder queries over encoder keys/values (Hugging Face GPT-2's ``crossattention``)."""
+    """Decoder queries over encoder keys/values (Hugging Face GPT-2's ``crossattention``).
+
+    :meth:`kv` projects the encoder output once; decoding reuses it every step.
+    """
 
     cfg: TransformerConfig
     num_layers: int
 
-    @nn.compact
-    def __call__(self, x_BxLxD: Array, enc_BxSxD: Array, mask: Array | None) -> Array:
+    def setup(self) -> None:
+        D = self.cfg.emb_dim
+        self.q_attn = _dense(self.cfg, D, "q_attn")
+        self.c_attn = _dense(self.cfg, 2 * D, "c_attn")
+        self.c_proj = _dense(self.cfg, D, "c_proj", _residual_std(self.num_layers))
+
+    def kv(self, enc_BxSxD: Array) -> tuple[Array, Array]:
+        cfg = self.cfg
+        B, S, _ = enc_BxSxD.shape
+        kv_BxSx2xNxH = self.c_attn(enc_BxSxD).reshape(B, S, 2, cfg.num_heads, cfg.head_dim)
+        return kv_BxSx2xNxH[:, :, 0], kv_BxSx2xNxH[:, :, 1]
+
+    def __call__(self, x_BxLxD: Array, kv: tuple[Array, Array], mask: Array | None) -> Array:
         cfg = self.cfg
         B, L, D = x_BxLxD.shape
-        S = enc_BxSxD.shape[1]
-        q_BxLxNxH = _dense(cfg, D, "q_attn")(x_BxLxD).reshape(B, L, cfg.num_heads, cfg.head_dim)
-        kv_BxSx2xNxH = _dense(cfg, 2 * D, "c_attn")(enc_BxSxD).reshape(B, S, 2, cfg.num_heads, cfg.head_dim)
-        out_BxLxNxH = attend(q_BxLxNxH, kv_BxSx2xNxH[:, :, 0], kv_BxSx2xNxH[:, :, 1], mask, False, cfg.attention_impl)
-        return _dense(cfg, D, "c_proj", _residual_std(self.num_layers))(out_BxLxNxH.reshape(B, L, D))
+        q_BxLxNxH = self.q_attn(x_BxLxD).reshape(B, L, cfg.num_heads, cfg.head_dim)
+        out_BxLxNxH = attend(q_BxLxNxH, kv[0], kv[1], mask, False, cfg.attention_impl)
+        return self.c_proj(out_BxLxNxH.reshape(B, L, D))
 
 
 class MLP(nn.Module):
@@ -170,34 +206,45 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LN block: x + attn(ln_1(x)) [+ cross(ln_cross_attn(x))] + mlp(ln_2(x)).
 
-    Cross-attention parameters are created only when the block is called with
-    an encoder output, so encoder and decoder-only blocks have none.
+    Cross-attention parameters are created only when the block is used with an
+    encoder (``cross_kv``), so encoder and decoder-only blocks have none.
     """
 
     cfg: TransformerConfig
     num_layers: int
 
-    @nn.compact
+    def setup(self) -> None:
+        cfg, n = self.cfg, self.num_layers
+        self.ln_1 = _layer_norm(cfg, "ln_1")
+        self.attn = SelfAttention(cfg, n)
+        self.ln_cross_attn = _layer_norm(cfg, "ln_cross_attn")
+        self.crossattention = CrossAttention(cfg, n)
+        self.ln_2 = _layer_norm(cfg, "ln_2")
+        self.mlp = MLP(cfg, n)
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+
+    def cross_kv(self, enc_BxSxD: Array) -> tuple[Array, Array]:
+        """This block's cross-attention keys and values of an encoder output."""
+        return self.crossattention.kv(enc_BxSxD)
+
     def __call__(
         self,
         x_BxLxD: Array,
         mask: Array | None,
         is_causal: bool,
         deterministic: bool,
-        enc_BxSxD: Array | None = None,
+        cross_kv: tuple[Array, Array] | None = None,
         cross_mask: Array | None = None,
-    ) -> Array:
-        cfg = self.cfg
-        dropout = nn.Dropout(cfg.dropout_rate)
-        h = SelfAttention(cfg, self.num_layers, name="attn")(_layer_norm(cfg, "ln_1")(x_BxLxD), mask, is_causal)
-        x_BxLxD = x_BxLxD + dropout(h, deterministic=deterministic)
-        if enc_BxSxD is not None:
-            h = CrossAttention(cfg, self.num_layers, name="crossattention")(
-                _layer_norm(cfg, "ln_cross_attn")(x_BxLxD), enc_BxSxD, cross_mask
-            )
-            x_BxLxD = x_BxLxD + dropout(h, deterministic=deterministic)
-        h = MLP(cfg, self.num_layers, name="mlp")(_layer_norm(cfg, "ln_2")(x_BxLxD))
-        return x_BxLxD + dropout(h, deterministic=deterministic)
+        cache: Cache | None = None,
+        index_B: Array | None = None,
+    ) -> tuple[Array, Cache | None]:
+        h, cache = self.attn(self.ln_1(x_BxLxD), mask, is_causal, cache, index_B)
+        x_BxLxD = x_BxLxD + self.dropout(h, deterministic=deterministic)
+        if cross_kv is not None:
+            h = self.crossattention(self.ln_cross_attn(x_BxLxD), cross_kv, cross_mask)
+            x_BxLxD = x_BxLxD + self.dropout(h, deterministic=deterministic)
+        h = self.mlp(self.ln_2(x_BxLxD))
+        return x_BxLxD + self.dropout(h, deterministic=deterministic), cache
 
 
 class Transformer(nn.Module):
@@ -275,8 +322,12 @@ class Transformer(nn.Module):
         seg = batch["encoder_segment_ids"]
         mask = masks.self_attention_mask("bidirectional", x.shape[1], segment_ids=seg)
         for block in self.encoder_h:
-            x = block(x, mask, False, deterministic)
+            x, _ = block(x, mask, False, deterministic)
         return self.encoder_ln_f(x)
+
+    def cross_kv(self, encoded_BxSxD: Array) -> list[tuple[Array, Array]]:
+        """Every decoder block's cross-attention keys/values of an encoder output (computed once per source)."""
+        return [block.cross_kv(encoded_BxSxD) for block in self.h]
 
     def __call__(self, batch: Mapping[str, Array], deterministic: bool = True, encoded: Array | None = None) -> Array:
         cfg = self.cfg
@@ -293,19 +344,50 @@ class Transformer(nn.Module):
         # fused kernels (cuDNN) skip the masked blocks.
         is_causal = kind == "causal" and seg is None
         mask = None if is_causal else masks.self_attention_mask(kind, L, seg, batch.get("bidirectional"))
-        cross = None
+        cross_kv, cross = None, None
         if arch == "encoder_decoder":
             dec_seg = seg if seg is not None else jnp.ones_like(tokens)
             cross = masks.cross_mask(dec_seg, batch["encoder_segment_ids"])
-        for block in self.h:
-            x = block(x, mask, is_causal, deterministic, encoded, cross)
-        x = self.ln_f(x)
+            cross_kv = self.cross_kv(encoded)
+        for i, block in enumerate(self.h):
+            x, _ = block(x, mask, is_causal, deterministic, cross_kv[i] if cross_kv else None, cross)
+        return self._head(x)
+
+    def extend(
+        self,
+        tokens_BxQ: Array,
+        positions_BxQ: Array,
+        mask: Array,
+        cache: list[Cache],
+        index_B: Array,
+        cross_kv: list[tuple[Array, Array]] | None = None,
+        cross_mask: Array | None = None,
+    ) -> tuple[Array, list[Cache]]:
+        """Incremental decoding: run ``Q`` new positions against each layer's key/value cache.
+
+        The new keys/values are written into ``cache`` at ``index_B`` (per row);
+        ``mask`` is ``[B, 1, Q, L_max]`` over the cache positions.  Returns the
+        new positions' logits and the updated caches.  Prefill is one call with
+        the whole prompt; generation is one call per token.
+        """
+        wpe = self.wpe if self.cfg.positional == "learned" else None
+        x = self._embed(tokens_BxQ, positions_BxQ, wpe, True, "embeddings")
+        new_cache = []
+        for i, block in enumerate(self.h):
+            kv = cross_kv[i] if cross_kv is not None else None
+            x, layer_cache = block(x, mask, False, True, kv, cross_mask, cache[i], index_B)
+            new_cache.append(layer_cache)
+        return self._head(x), new_cache
+
+    def _head(self, x_BxLxD: Array) -> Array:
+        cfg = self.cfg
+        x_BxLxD = self.ln_f(x_BxLxD)
         if cfg.vector_dim:
-            return self.value_head(x)[..., 0].astype(jnp.float32)
+            return self.value_head(x_BxLxD)[..., 0].astype(jnp.float32)
         # Tied output embedding; logits accumulate and stay in float32.
         return jnp.einsum(
             "bld,vd->blv",
-            x,
+            x_BxLxD,
             self.wte.embedding.astype(cfg.compute_dtype),
             preferred_element_type=jnp.float32,
         )

@@ -1,0 +1,298 @@
+"""Training throughput and MFU of every architecture, measured side by side with a PyTorch peer.
+
+``make bench`` (``python -m experiments.bench``) prints, for each architecture at
+a fixed shape (6 layers, width 384, 6 heads, context 256, batch 8, vocabulary
+8192; GPT-2 124M with ``--shape=gpt2_124m`` on accelerators):
+
+* steady-state training tokens/s and step time (median over interleaved rounds),
+* compile time, XLA's peak-memory estimate of the compiled step,
+* model FLOP utilisation: model FLOPs (``6N + 12 L d T`` per token, see
+  :mod:`gpt2_jax.flops`) per second over the peak -- on CPU a matmul peak
+  measured in the same run, on GPU/TPU a table of device peaks;
+* Hugging Face ``transformers``' GPT2LMHeadModel (PyTorch; eager and under
+  ``torch.compile``) at the same shape, interleaved with ours, and the ratio;
+* how decoder-only tokens/s and memory change from context 128 to 1024 at a
+  constant number of tokens per batch.
+
+Machines are noisy: every runner is timed in rounds that alternate between the
+runners, and medians are reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from configs import default
+from gpt2_jax import flops, optim, train
+from gpt2_jax.model import Transformer, TransformerConfig
+
+_ARCHS = flags.DEFINE_list("archs", ["decoder_only", "prefix_lm", "encoder_decoder"], "Architectures to time.")
+_SHAPE = flags.DEFINE_enum("shape", "small", ["small", "gpt2_124m"], "small: 6x384, ctx 256, batch 8; or GPT-2 124M.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per runner per round.")
+_PEER = flags.DEFINE_bool("peer", True, "Also time transformers' GPT2LMHeadModel (needs the bench extra).")
+_COMPILE_PEER = flags.DEFINE_bool("compile_peer", True, "Also time the peer under torch.compile.")
+_CONTEXTS = flags.DEFINE_list("contexts", ["128", "256", "512", "1024"], "Context sweep (decoder-only); empty = skip.")
+
+# Dense peak FLOP/s per device (no sparsity), for MFU on accelerators.
+DEVICE_PEAKS = {
+    ("gpu", "H100", "bfloat16"): 989e12,
+    ("gpu", "H100", "float32"): 67e12,
+    ("gpu", "H200", "bfloat16"): 989e12,
+    ("gpu", "H200", "float32"): 67e12,
+    ("gpu", "A100", "bfloat16"): 312e12,
+    ("gpu", "A100", "float32"): 19.5e12,
+    ("tpu", "v4", "bfloat16"): 275e12,
+    ("tpu", "v5e", "bfloat16"): 197e12,
+    ("tpu", "v5p", "bfloat16"): 459e12,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    layers: int
+    width: int
+    heads: int
+    context: int
+    batch: int
+    vocab: int
+
+
+SHAPES = {"small": Shape(6, 384, 6, 256, 8, 8192), "gpt2_124m": Shape(12, 768, 12, 1024, 8, 50304)}
+
+
+def measure_matmul_peak(seconds: float = 1.0) -> float:
+    """Best FLOP/s of a jitted float32 matmul on this machine (the CPU's practical peak)."""
+    best = 0.0
+    for n in (1024, 2048):
+        a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+        f = jax.jit(lambda a, b: a @ b)
+        f(a, a).block_until_ready()
+        times = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            t0 = time.perf_counter()
+            f(a, a).block_until_ready()
+            times.append(time.perf_counter() - t0)
+        best = max(best, 2 * n**3 / statistics.median(times))
+    return best
+
+
+def device_peak(dtype: str) -> tuple[float, str]:
+    """(peak FLOP/s, how it was obtained) for the default device."""
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return measure_matmul_peak(), "matmul peak measured in this run"
+    for (platform, name, kind), peak in DEVICE_PEAKS.items():
+        if device.platform == platform and name.lower() in device.device_kind.lower() and kind == dtype:
+            return peak, f"{device.device_kind} {dtype} datasheet peak"
+    return float("nan"), f"unknown peak for {device.device_kind}"
+
+
+@dataclasses.dataclass
+class Runner:
+    """A step function to time, with its work per step."""
+
+    name: str
+    step: Callable[[], None]
+    tokens_per_step: int
+    flops_per_step: float
+    compile_s: float = float("nan")
+    memory_bytes: float = float("nan")
+    times: list[float] = dataclasses.field(default_factory=list)
+
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def _bench_config(arch: str, shape: Shape, dtype: str):
+    config = default.get_config()
+    config.model.arch = arch
+    config.model.num_layers = shape.layers
+    config.model.num_heads = shape.heads
+    config.model.emb_dim = shape.width
+    config.model.dtype = dtype
+    config.optimizer.warmup_steps = 10
+    return config
+
+
+def ours(arch: str, shape: Shape, dtype: str = "float32") -> Runner:
+    """Our jitted train step on random tokens of the given shape (an encoder-decoder splits the context in half)."""
+    config = _bench_config(arch, shape, dtype)
+    T = shape.context
+    dec_len, enc_len = (T // 2, T // 2) if arch == "encoder_decoder" else (T, 0)
+    cfg = dataclasses.replace(
+        TransformerConfig.from_config(config.model.to_dict()),
+        vocab_size=shape.vocab,
+        max_len=T,
+    )
+    model = Transformer(cfg)
+    rng = np.random.default_rng(0)
+    B = shape.batch
+    batch = {
+        "input_tokens": rng.integers(0, shape.vocab, (B, dec_len)).astype(np.int32),
+        "target_tokens": rng.integers(0, shape.vocab, (B, dec_len)).astype(np.int32),
+        "loss_weights": np.ones((B, dec_len), np.float32),
+        "positions": np.broadcast_to(np.arange(dec_len, dtype=np.int32), (B, dec_len)).copy(),
+    }
+    if arch == "prefix_lm":
+        batch["bidirectional"] = (np.arange(T)[None] < T // 2).repeat(B, 0).astype(np.int32)
+    if arch == "encoder_decoder":
+        batch["encoder_input_tokens"] = rng.integers(0, shape.vocab, (B, enc_len)).astype(np.int32)
+        batch["encoder_positions"] = batch["positions"][:, :enc_len].copy()
+        batch["encoder_segment_ids"] = np.ones((B, enc_len), np.int32)
+    params = jax.jit(lambda k: model.init(k, {k2: v[:1] for k2, v in batch.items()})["params"])(jax.random.PRNGKey(0))
+    tx = optim.make(config.optimizer, 1000, params)
+    state = train.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.PRNGKey(1),
+        nonfinite_steps=jnp.zeros((), jnp.int32),
+    )
+    step_fn = jax.jit(
+        lambda s, b: train.train_step(s, b, model=model, tx=tx, accum_steps=1), donate_argnums=0
+    )
+    device_batch = jax.device_put(batch)
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, device_batch).compile()
+    compile_s = time.perf_counter() - t0
+    memory = compiled.memory_analysis()
+    peak = float("nan")
+    if memory is not None:
+        peak = memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
+        peak -= memory.alias_size_in_bytes
+    holder = {"state": state}
+
+    def step() -> None:
+        holder["state"], metrics = compiled(holder["state"], device_batch)
+        jax.block_until_ready(metrics["loss_sum"])
+
+    step()  # warm up (allocations, thread pools)
+    model_flops = flops.train_flops(cfg, dec_len, enc_len) * B
+    return Runner(f"ours {arch}", step, B * T, model_flops, compile_s, peak)
+
+
+def peer(shape: Shape, compiled: bool) -> Runner:
+    """transformers' GPT2LMHeadModel + torch AdamW at the same shape, on the CPU."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=shape.vocab,
+        n_positions=shape.context,
+        n_embd=shape.width,
+        n_layer=shape.layers,
+        n_head=shape.heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    model = GPT2LMHeadModel(cfg).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1)
+    ids = torch.randint(0, shape.vocab, (shape.batch, shape.context))
+
+    def train_step():
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    step_fn = torch.compile(train_step) if compiled else train_step
+    t0 = time.perf_counter()
+    step_fn()
+    compile_s = time.perf_counter() - t0
+    ours_cfg = TransformerConfig(
+        vocab_size=shape.vocab, num_layers=shape.layers, num_heads=shape.heads, emb_dim=shape.width,
+        mlp_dim=4 * shape.width, max_len=shape.context,
+    )
+    model_flops = flops.train_flops(ours_cfg, shape.context) * shape.batch
+    name = "transformers GPT-2 (torch.compile)" if compiled else "transformers GPT-2 (eager)"
+    return Runner(name, lambda: step_fn(), shape.batch * shape.context, model_flops, compile_s)
+
+
+def interleave(runners: list[Runner], rounds: int, steps: int) -> None:
+    """Time every runner ``steps`` times per round, alternating runners each round."""
+    for r in range(rounds):
+        order = runners if r % 2 == 0 else runners[::-1]
+        for runner in order:
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                runner.step()
+                runner.times.append(time.perf_counter() - t0)
+
+
+def report(runners: list[Runner], peak: float, peak_source: str) -> None:
+    print(f"\npeak: {peak / 1e9:.1f} GFLOP/s ({peak_source})")
+    header = f"{'runner':42s} {'tokens/s':>9s} {'step ms':>8s} {'compile s':>9s} {'peak MB':>8s} {'MFU':>6s}"
+    print(header)
+    print("-" * len(header))
+    for r in runners:
+        t = r.median()
+        print(
+            f"{r.name:42s} {r.tokens_per_step / t:9.0f} {1000 * t:8.1f} {r.compile_s:9.1f} "
+            f"{r.memory_bytes / 2**20:8.0f} {r.flops_per_step / t / peak:6.1%}"
+        )
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    shape = SHAPES[_SHAPE.value]
+    on_cpu = jax.devices()[0].platform == "cpu"
+    if on_cpu and _PEER.value:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)  # the same cores XLA's thread pool uses
+    peak, source = device_peak(_DTYPE.value)
+    runners = [ours(arch, shape, _DTYPE.value) for arch in _ARCHS.value]
+    peers = []
+    if _PEER.value and on_cpu:
+        peers.append(peer(shape, compiled=False))
+        if _COMPILE_PEER.value:
+            peers.append(peer(shape, compiled=True))
+    interleave(runners + peers, _ROUNDS.value, _STEPS.value)
+    report(runners + peers, peak, source)
+    if peers and "decoder_only" in _ARCHS.value:
+        best_peer = max(peers, key=lambda r: r.tokens_per_step / r.median())
+        mine = next(r for r in runners if r.name.endswith("decoder_only"))
+        ratio = (mine.tokens_per_step / mine.median()) / (best_peer.tokens_per_step / best_peer.median())
+        print(f"\nours decoder_only / {best_peer.name}: {ratio:.2f}x tokens/s")
+    if "decoder_only" in _ARCHS.value:
+        base = next(r for r in runners if r.name.endswith("decoder_only"))
+        for r in runners:
+            if r is not base:
+                # Achieved model FLOP/s relative to the decoder-only model's: 1.0 = FLOP-proportional throughput.
+                rel = (r.flops_per_step / r.median()) / (base.flops_per_step / base.median())
+                print(f"{r.name}: {rel:.2f} of decoder-only's FLOP/s")
+    if _CONTEXTS.value:
+        tokens = shape.context * shape.batch
+        sweep = []
+        for ctx in (int(c) for c in _CONTEXTS.value):
+            s = dataclasses.replace(shape, context=ctx, batch=max(1, tokens // ctx))
+            runner = ours("decoder_only", s, _DTYPE.value)
+            runner.name = f"decoder_only context {ctx} x batch {s.batch}"
+            sweep.append(runner)
+        interleave(sweep, _ROUNDS.value, _STEPS.value)
+        report(sweep, peak, source)
+        ref = next((r for r in sweep if r.name.endswith(f"context {shape.context} x batch {shape.batch}")), None)
+        if ref is not None:
+            for r in sweep:
+                rel = (r.tokens_per_step / r.median()) / (ref.tokens_per_step / ref.median())
+                print(f"{r.name}: {rel:.2f} of context-{shape.context} tokens/s")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,143 @@
+"""Parameter counts, analytic FLOPs per example, and architecture matching (T5 section 3.2.2).
+
+Convention (PaLM / nanoGPT): a matmul of an ``[n, a]`` by an ``[a, b]`` matrix
+costs ``2nab`` FLOPs; attention scores and the weighted sum cost
+``4 * T_q * T_k * d`` per layer, counted **in full** for causal masks too,
+because the dense XLA attention computes every entry (``causal_halved=True``
+gives the figure a block-sparse kernel would need).  Embedding lookups,
+LayerNorms, softmaxes and activations are not counted.  A training step costs
+3x the forward pass (backward = 2x forward).  For a decoder-only model this
+is the familiar ``6N + 12 L d T`` per token.
+
+Matching: an L+L encoder-decoder has about the parameters of a 2L decoder-only
+model but the FLOPs of an L-layer one (T5 section 3.2.2), so every comparison
+states which it matched.  :func:`match_layers` finds the layer count of
+another architecture that matches a reference in parameters or FLOPs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from gpt2_jax import batch as batch_lib
+from gpt2_jax.model import Transformer, TransformerConfig
+
+
+def count_params(params: Any) -> dict[str, int]:
+    """Exact counts of a parameter tree (arrays or shape structs): total, embedding, non-embedding."""
+    flat = traverse_util.flatten_dict(params)
+    total = sum(int(np.prod(v.shape)) for v in flat.values())
+    embedding = sum(int(np.prod(v.shape)) for k, v in flat.items() if k[-1] == "embedding")
+    return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+
+
+def abstract_params(cfg: TransformerConfig, decoder_len: int, encoder_len: int = 0) -> Any:
+    """The model's parameter shapes, without allocating them."""
+    dummy = batch_lib.dummy(cfg.arch, 1, decoder_len, encoder_len or decoder_len)
+    if cfg.vector_dim:
+        dummy["input_vectors"] = np.zeros((1, decoder_len, cfg.vector_dim), np.float32)
+        if cfg.arch == "encoder_decoder":
+            dummy["encoder_input_vectors"] = np.zeros((1, encoder_len or decoder_len, cfg.vector_dim), np.float32)
+    return jax.eval_shape(lambda: Transformer(cfg).init(jax.random.PRNGKey(0), dummy))["params"]
+
+
+def params(cfg: TransformerConfig, decoder_len: int = 8, encoder_len: int = 0) -> dict[str, int]:
+    """Exact parameter counts of a model config."""
+    return count_params(abstract_params(cfg, decoder_len, encoder_len))
+
+
+def _self_attention_block(T: int, D: int, F: int, causal_halved: bool) -> float:
+    scores = 4 * T * T * D * (0.5 if causal_halved else 1.0)
+    return 2 * T * D * 3 * D + scores + 2 * T * D * D + 2 * 2 * T * D * F
+
+
+def _cross_attention(Tq: int, Tk: int, D: int) -> float:
+    return 2 * Tq * D * D + 2 * Tk * D * 2 * D + 4 * Tq * Tk * D + 2 * Tq * D * D
+
+
+def forward_flops(
+    cfg: TransformerConfig, decoder_len: int, encoder_len: int = 0, causal_halved: bool = False
+) -> float:
+    """Forward-pass FLOPs of one example: ``decoder_len`` positions (and ``encoder_len`` encoder positions)."""
+    D, F, V = cfg.emb_dim, cfg.mlp_dim, cfg.vocab_size
+    T = decoder_len
+    causal = causal_halved and cfg.arch != "encoder_only"
+    flops = cfg.num_layers * _self_attention_block(T, D, F, causal)
+    if cfg.arch == "encoder_decoder":
+        S = encoder_len
+        flops += cfg.num_encoder_layers * _self_attention_block(S, D, F, False)
+        flops += cfg.num_layers * _cross_attention(T, S, D)
+    head = 2 * T * (1 if cfg.vector_dim else V) * D
+    read_in = 2 * (T + (encoder_len if cfg.arch == "encoder_decoder" else 0)) * cfg.vector_dim * D
+    return float(flops + head + read_in)
+
+
+def train_flops(cfg: TransformerConfig, decoder_len: int, encoder_len: int = 0, causal_halved: bool = False) -> float:
+    """Training FLOPs of one example (forward + backward = 3x forward)."""
+    return 3.0 * forward_flops(cfg, decoder_len, encoder_len, causal_halved)
+
+
+def xla_forward_flops(cfg: TransformerConfig, decoder_len: int, encoder_len: int = 0) -> float:
+    """FLOPs of one example's forward pass as XLA's cost analysis of the compiled program counts them."""
+    p = abstract_params(cfg, decoder_len, encoder_len)
+    dummy = batch_lib.dummy(cfg.arch, 1, decoder_len, encoder_len or decoder_len)
+    model = Transformer(cfg)
+    compiled = jax.jit(lambda p, b: model.apply({"params": p}, b)).lower(p, dummy).compile()
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):
+        analysis = analysis[0]
+    return float(analysis["flops"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """The result of :func:`match_layers`."""
+
+    config: TransformerConfig
+    quantity: str  # "params" or "flops"
+    reference: float
+    achieved: float
+
+    @property
+    def mismatch(self) -> float:
+        """Relative difference, achieved / reference - 1."""
+        return self.achieved / self.reference - 1.0
+
+
+def _quantity(cfg: TransformerConfig, match: str, decoder_len: int, encoder_len: int) -> float:
+    if match == "params":
+        return float(params(cfg, decoder_len, encoder_len)["total"])
+    if match == "flops":
+        return forward_flops(cfg, decoder_len, encoder_len)
+    raise ValueError(f"match must be 'params' or 'flops', got {match!r}")
+
+
+def match_layers(
+    reference: TransformerConfig,
+    reference_lens: tuple[int, int],
+    arch: str,
+    lens: tuple[int, int],
+    match: str,
+    max_layers: int = 64,
+    **changes: Any,
+) -> Match:
+    """The layer count of ``arch`` whose parameters or FLOPs come closest to ``reference``'s.
+
+    ``reference_lens`` and ``lens`` are the (decoder, encoder) lengths of one
+    example under each architecture (an encoder-decoder splits the example
+    between its stacks).  Encoder-decoder candidates have equal encoder and
+    decoder depths (L+L).
+    """
+    target = _quantity(reference, match, *reference_lens)
+    best = None
+    for layers in range(1, max_layers + 1):
+        cfg = dataclasses.replace(reference, arch=arch, num_layers=layers, num_encoder_layers=layers, **changes)
+        got = _quantity(cfg, match, *lens)
+        if best is None or abs(got / target - 1) < abs(best.mismatch):
+            best = Match(cfg, match, target, got)
+    return best
