@@ -160,9 +160,7 @@ def ours(arch: str, shape: Shape, dtype: str = "float32") -> Runner:
         rng=jax.random.PRNGKey(1),
         nonfinite_steps=jnp.zeros((), jnp.int32),
     )
-    step_fn = jax.jit(
-        lambda s, b: train.train_step(s, b, model=model, tx=tx, accum_steps=1), donate_argnums=0
-    )
+    step_fn = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, accum_steps=1), donate_argnums=0)
     device_batch = jax.device_put(batch)
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, device_batch).compile()
@@ -216,8 +214,12 @@ def peer(shape: Shape, compiled: bool) -> Runner:
     step_fn()
     compile_s = time.perf_counter() - t0
     ours_cfg = TransformerConfig(
-        vocab_size=shape.vocab, num_layers=shape.layers, num_heads=shape.heads, emb_dim=shape.width,
-        mlp_dim=4 * shape.width, max_len=shape.context,
+        vocab_size=shape.vocab,
+        num_layers=shape.layers,
+        num_heads=shape.heads,
+        emb_dim=shape.width,
+        mlp_dim=4 * shape.width,
+        max_len=shape.context,
     )
     model_flops = flops.train_flops(ours_cfg, shape.context) * shape.batch
     name = "transformers GPT-2 (torch.compile)" if compiled else "transformers GPT-2 (eager)"

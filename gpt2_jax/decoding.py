@@ -154,9 +154,7 @@ class Decoder:
         return logits[:, 0], cache
 
 
-@functools.partial(
-    jax.jit, static_argnames=("model", "max_new_tokens", "eos_id", "temperature", "top_k", "top_p")
-)
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_id", "temperature", "top_k", "top_p"))
 def generate(
     params,
     inputs: dict[str, Array],

@@ -60,9 +60,7 @@ def _cross_attention(Tq: int, Tk: int, D: int) -> float:
     return 2 * Tq * D * D + 2 * Tk * D * 2 * D + 4 * Tq * Tk * D + 2 * Tq * D * D
 
 
-def forward_flops(
-    cfg: TransformerConfig, decoder_len: int, encoder_len: int = 0, causal_halved: bool = False
-) -> float:
+def forward_flops(cfg: TransformerConfig, decoder_len: int, encoder_len: int = 0, causal_halved: bool = False) -> float:
     """Forward-pass FLOPs of one example: ``decoder_len`` positions (and ``encoder_len`` encoder positions)."""
     D, F, V = cfg.emb_dim, cfg.mlp_dim, cfg.vocab_size
     T = decoder_len
