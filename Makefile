@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RESULTS ?= results
 
-.PHONY: install run test test-slow lint bench clean
+.PHONY: install run test test-slow lint bench bench-decode clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,hf]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,6 +24,9 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow tests
+
+bench: install
+	$(PY) -m experiments.bench
 
 lint: install
 	$(PY) -m ruff check .

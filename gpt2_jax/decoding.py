@@ -282,20 +282,24 @@ def beam_search(
     return best_seq, best_len
 
 
-def pad_prompts(prompts: list[np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
-    """Right-pad token prompts into ``prompt_tokens [B, P]`` and ``prompt_lengths [B]``."""
+def pad_prompts(prompts: list[np.ndarray], pad_id: int, multiple: int = 1) -> dict[str, np.ndarray]:
+    """Right-pad token prompts into ``prompt_tokens [B, P]`` and ``prompt_lengths [B]``.
+
+    ``P`` is rounded up to a ``multiple`` so that batches of similar prompts
+    share one compiled decoder.
+    """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    width = max(len(p) for p in prompts)
+    width = -(-max(len(p) for p in prompts) // multiple) * multiple
     tokens = np.full((len(prompts), width), pad_id, np.int32)
     for i, p in enumerate(prompts):
         tokens[i, : len(p)] = p
     return {"prompt_tokens": tokens, "prompt_lengths": np.array([len(p) for p in prompts], np.int32)}
 
 
-def encoder_inputs(sources: list[np.ndarray], pad_id: int, bos_id: int) -> dict[str, np.ndarray]:
+def encoder_inputs(sources: list[np.ndarray], pad_id: int, bos_id: int, multiple: int = 1) -> dict[str, np.ndarray]:
     """Right-pad encoder-decoder sources into the encoder fields of the batch schema."""
-    padded = pad_prompts(sources, pad_id)
+    padded = pad_prompts(sources, pad_id, multiple)
     B, S = padded["prompt_tokens"].shape
     valid = np.arange(S)[None, :] < padded["prompt_lengths"][:, None]
     return {

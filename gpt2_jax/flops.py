@@ -38,11 +38,7 @@ def count_params(params: Any) -> dict[str, int]:
 
 def abstract_params(cfg: TransformerConfig, decoder_len: int, encoder_len: int = 0) -> Any:
     """The model's parameter shapes, without allocating them."""
-    dummy = batch_lib.dummy(cfg.arch, 1, decoder_len, encoder_len or decoder_len)
-    if cfg.vector_dim:
-        dummy["input_vectors"] = np.zeros((1, decoder_len, cfg.vector_dim), np.float32)
-        if cfg.arch == "encoder_decoder":
-            dummy["encoder_input_vectors"] = np.zeros((1, encoder_len or decoder_len, cfg.vector_dim), np.float32)
+    dummy = batch_lib.dummy(cfg.arch, 1, decoder_len, encoder_len, cfg.vector_dim)
     return jax.eval_shape(lambda: Transformer(cfg).init(jax.random.PRNGKey(0), dummy))["params"]
 
 

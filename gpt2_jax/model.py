@@ -68,7 +68,7 @@ class TransformerConfig:
 
     @classmethod
     def from_config(cls, model_config: Mapping[str, Any]) -> TransformerConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
+        fields = {f.name for f in dataclasses.fields(cls)}  # config-only fields (init_from) are not the model's
         values = {k: v for k, v in dict(model_config).items() if k in fields}
         if values.get("mlp_dim", 0) <= 0:
             values["mlp_dim"] = 4 * values["emb_dim"]

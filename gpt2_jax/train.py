@@ -228,8 +228,22 @@ class Experiment:
         )
 
     def init_state(self) -> TrainState:
-        """Fresh parameters and optimizer state, placed on the mesh."""
-        return self._init(jax.random.PRNGKey(self.config.seed))
+        """Fresh parameters (or ``model.init_from``'s pretrained ones) and optimizer state, placed on the mesh."""
+        state = self._init(jax.random.PRNGKey(self.config.seed))
+        if not self.config.model.init_from:
+            return state
+        from gpt2_jax import hf_gpt2
+
+        _, pretrained = hf_gpt2.load(self.config.model.init_from)
+        expected = checkpointing.signature(self.model_config.arch, pretrained, self.model_config.vocab_size)
+        diffs = checkpointing.signature_diff(expected, self.signature)
+        if diffs:
+            raise CheckpointError(
+                f"config.model.init_from={self.config.model.init_from!r} does not fit this model: "
+                + "; ".join(diffs[:3])
+            )
+        params = jax.device_put(pretrained, self.param_shardings)
+        return state.replace(params=params, opt_state=jax.jit(self.tx.init)(params))
 
     def place(self, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Put this process's rows of a global batch on the mesh."""

@@ -47,3 +47,19 @@ def tiny_config(arch: str = "decoder_only", corpus: Path | None = None, **overri
             node = node[p]
         node[leaf] = value
     return config
+
+
+def small_copy_config(arch: str = "encoder_decoder", task: str = "copy"):
+    """The copy task at a size that trains to high exact match in ~150 steps on a CPU."""
+    from configs import synthetic
+
+    config = synthetic.get_config(task)
+    config.mesh.data = 1
+    config.model.arch = arch
+    config.model.emb_dim, config.model.num_heads = 64, 2
+    s = config.data.synthetic
+    s.alphabet_size, s.min_len, s.max_len, s.ood_max_len, s.num_train, s.num_eval = 8, 2, 8, 0, 4000, 200
+    config.data.seq_len, config.batch_size = 24, 32
+    config.num_train_steps = config.eval_every_steps = config.checkpoint_every_steps = 150
+    config.optimizer.learning_rate, config.optimizer.min_learning_rate, config.optimizer.warmup_steps = 3e-3, 3e-4, 30
+    return config

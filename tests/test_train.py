@@ -133,26 +133,6 @@ def test_in_context_regression_trains(tmp_path):
     assert results["final_eval_loss"] < 10.0  # y = w.x has variance dim = 8 before learning
 
 
-def _small_copy_config(arch: str):
-    from configs import synthetic
-
-    config = synthetic.get_config("copy")
-    config.mesh.data = 1
-    config.model.arch = arch
-    config.model.emb_dim, config.model.num_heads = 64, 2
-    s = config.data.synthetic
-    s.alphabet_size, s.min_len, s.max_len, s.ood_max_len, s.num_train, s.num_eval = 8, 2, 8, 0, 4000, 200
-    config.data.seq_len, config.batch_size = 24, 32
-    config.num_train_steps = config.eval_every_steps = config.checkpoint_every_steps = 150
-    config.optimizer.learning_rate, config.optimizer.min_learning_rate, config.optimizer.warmup_steps = 3e-3, 3e-4, 30
-    return config
-
-
-def test_copy_task_reaches_exact_match(tmp_path):
-    results = train.train_and_evaluate(_small_copy_config("encoder_decoder"), tmp_path / "copy")
-    assert results["final_eval_exact_match"] > 0.95
-
-
 @pytest.mark.slow
 def test_synthetic_config_copy_task_above_95_percent(tmp_path):
     from configs import synthetic

@@ -47,7 +47,7 @@ def _split_pairs(pairs: list[tuple[str, str]], fraction: float) -> dict[str, lis
     return {"train": pairs[:cut], "validation": pairs[cut:]}
 
 
-def _paired_splits(config, cache: Path) -> dict[str, list[tuple[str, str]]]:
+def paired_splits(config, cache: Path) -> dict[str, list[tuple[str, str]]]:
     d = config.data
     if d.dataset == "multi30k":
         source = sources.multi30k(d.data_dir, cache)
@@ -87,7 +87,7 @@ def build(config):
         tokenizer = tokenizers.build(d, alphabet_text, cache)
         return datasets.TextDataset(config, source, tokenizer, objective(config), decoder_only_loss(config))
     if d.dataset in PAIRED_DATASETS:
-        splits = _paired_splits(config, cache)
+        splits = paired_splits(config, cache)
         fit = splits if d.tokenizer == "char" else {"train": splits["train"]}
         text = "\n".join(f"{s}\n{t}" for pairs in fit.values() for s, t in pairs)
         tokenizer = tokenizers.build(d, text, cache)
