@@ -117,7 +117,7 @@ def test_regression_dataset_puts_loss_on_the_query_only(arch):
 def test_facts_forward_and_reverse_views():
     facts = {"data.dataset": "facts", "data.facts.num_facts": 20, "data.seq_len": 48}
     ds = data.build(tiny_config("decoder_only", **facts))
-    fwd, rev = ds.examples["forward"][0], ds.examples["reverse"][0]
+    fwd, rev = ds.examples["validation"][0], ds.examples["reverse"][0]
     tok = ds.tokenizer
     name_attr = tok.decode(fwd.prefix) + tok.decode(fwd.continuation)
     assert name_attr.endswith(".") and " is " in name_attr

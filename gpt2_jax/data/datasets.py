@@ -158,7 +158,7 @@ class TextDataset:
             return self.arch != "encoder_decoder" or not self.random_cut
         return self.objective == "mlm"
 
-    def _rows(self, windows: np.ndarray, cuts: np.ndarray, rng: np.random.Generator) -> Batch:
+    def _rows(self, windows: np.ndarray, cuts: np.ndarray, rng: np.random.Generator, loss: str | None = None) -> Batch:
         if self.objective == "mlm":
             return objectives.mlm_batch(windows, self.tokenizer, self.mask_rate, rng)
         if self.objective == "lm":
@@ -174,7 +174,7 @@ class TextDataset:
             len(windows),
             self.decoder_len,
             self.encoder_len,
-            self.loss,
+            loss or self.loss,
             with_segment_ids=not self._full_rows,
         )
 
@@ -193,13 +193,20 @@ class TextDataset:
 
     @property
     def eval_splits(self) -> EvalSplits:
-        return {"validation": self._eval_batches}
+        splits = {"validation": self._eval_batches}
+        if self.objective == "lm":
+            # Wang et al. 2022's comparison: the continuation given the first part,
+            # scored the same way for every architecture (for all but a full-LM
+            # decoder-only run it is the validation split itself).
+            splits["continuation"] = lambda: self._eval_batches(loss="continuation")
+        return splits
 
-    def _eval_batches(self) -> Iterator[Batch]:
+    def _eval_batches(self, loss: str | None = None) -> Iterator[Batch]:
         """Full-LM and masked-LM windows tile the split so every token is scored once (the last window padded);
         cut-LM and span corruption score non-overlapping whole windows."""
         ids = self.eval_ids
-        every_token = self.objective == "mlm" or (self.objective == "lm" and self.loss == "all")
+        loss = loss or self.loss
+        every_token = self.objective == "mlm" or (self.objective == "lm" and loss == "all")
         # A full-LM window of W tokens scores W - 1 targets: consecutive windows share one token.
         stride = self.window - 1 if self.objective == "lm" and every_token else self.window
         last_start = len(ids) - (self.window - stride) if every_token else len(ids) - self.window + 1
@@ -214,7 +221,7 @@ class TextDataset:
                 windows[row, : len(piece)] = piece
                 valid[row, : len(piece)] = True
             # Padding rows are cut like the others; their loss is zeroed below.
-            batch = self._rows(windows, np.full(self.eval_batch_size, self.fixed_cut), rng)
+            batch = self._rows(windows, np.full(self.eval_batch_size, self.fixed_cut), rng, loss)
             yield self._mask_padding(batch, valid)
 
     def _mask_padding(self, batch: Batch, valid_BxW: np.ndarray) -> Batch:
@@ -279,7 +286,10 @@ class PairedDataset:
 
     @property
     def eval_splits(self) -> EvalSplits:
-        builder = self._builder(self.eval_batch_size, pack=False)
+        # Evaluation scores the targets only, whatever the training loss (Liu et al.'s target perplexity).
+        builder = lambda: RowBuilder(  # noqa: E731
+            self.arch, self.tokenizer, self.eval_batch_size, self.seq_len, self.seq_len, "continuation", False
+        )
         return {
             split: (lambda exs=exs: _eval_batches(exs, builder))
             for split, exs in self.examples.items()
@@ -291,8 +301,9 @@ class FactsDataset(PairedDataset):
     """Reversal curse (Berglund et al. 2023; Wu et al. 2024): learn "NAME is ATTR." and answer both ways.
 
     Training rows hold the statements (causal LM loss on every token for
-    decoder-only, BERT masking for encoder-only).  Evaluation asks every fact
-    forward (``NAME is`` -> ``ATTR``) and in reverse: a causal model completes
+    decoder-only, masking of ``mask_rate`` of the tokens for encoder-only).
+    Evaluation asks every fact forward (split ``validation``: ``NAME is`` ->
+    ``ATTR``) and in reverse (split ``reverse``): a causal model completes
     ``ATTR is`` -> ``NAME``, a masked LM fills ``[mask]... is ATTR.``.
     """
 
@@ -311,7 +322,7 @@ class FactsDataset(PairedDataset):
         else:
             forward = [Example(np.concatenate([enc(n), is_]), np.concatenate([enc(a), dot])) for n, a in facts]
             reverse = [Example(np.concatenate([enc(a), is_]), np.concatenate([enc(n), dot])) for n, a in facts]
-        self.examples = {"forward": forward, "reverse": reverse}
+        self.examples = {"validation": forward, "reverse": reverse}
         longest = max(len(s) for s in self.statements)
         if longest > self.seq_len:
             raise DataError(f"facts need config.data.seq_len >= {longest}, got {self.seq_len}")

@@ -1,0 +1,225 @@
+"""Sweep reports: ``python -m experiments.report DIR`` writes ``DIR/report.md`` and PNG plots.
+
+One row per cell with mean +- std over seeds (and the number of seeds), the
+cell's parameters, training FLOPs per example, tokens with loss and wall time,
+and a line saying what the comparison matched.  Plots: learning curves
+(evaluation loss against step, mean and spread over seeds) and a bar chart of
+the main metric with standard-deviation error bars.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from absl import app
+
+from experiments import sweeps
+
+
+def _get(record: dict, path: str) -> float | None:
+    node: Any = record
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, (int, float)) else None
+
+
+def collect(workdir: Path) -> list[dict]:
+    """Every run of a sweep directory: its labels, seed, status and metric history."""
+    records = []
+    for run_dir in sorted((workdir / "runs").glob("*")):
+        if not (run_dir / "run.json").exists():
+            continue
+        spec = json.loads((run_dir / "run.json").read_text())
+        try:
+            status = json.loads((run_dir / "status.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            status = {"state": "new"}
+        history = []
+        metrics_file = run_dir / "train" / "metrics.jsonl"
+        if metrics_file.exists():
+            history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+        records.append(
+            {
+                "name": spec["name"],
+                "labels": spec["labels"],
+                "seed": spec["seed"],
+                "status": status,
+                "history": history,
+                "config": spec["config"],
+            }
+        )
+    return records
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(records: list[dict], sweep: sweeps.Sweep) -> list[dict]:
+    """Per cell (in the sweep's order): metric means and stds over finished seeds, and the cell's costs."""
+    by_cell: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        by_cell[tuple(r["labels"].values())].append(r)
+    rows = []
+    for labels, overrides in sweep.cells():
+        key = tuple(labels.values())
+        runs = [r for r in by_cell.get(key, []) if r["status"].get("state") == "done"]
+        row: dict[str, Any] = {
+            "labels": labels,
+            "seeds": len(runs),
+            "failed": sum(r["status"].get("state") == "failed" for r in by_cell.get(key, [])),
+        }
+        for metric in sweep.metrics:
+            values = [v * metric.scale for r in runs if (v := _get(r["status"], metric.path)) is not None]
+            row[metric.name] = mean_std(values)
+        config = sweeps.apply(sweep.base, overrides)
+        vocab = next((_get(r["status"], "results.num_params") and r["config"]["model"]["vocab_size"] for r in runs), 0)
+        row["params"] = next((_get(r["status"], "results.num_params") for r in runs), None) or sweeps.param_count(
+            config, vocab
+        )
+        row["flops"] = sweeps.example_flops(config, sweep.example_lengths, vocab) if sweep.example_lengths[1] else None
+        row["loss_tokens"] = mean_std([_get(r["status"], "results.loss_tokens_seen") for r in runs])[0]
+        row["wall_time"] = mean_std([_get(r["status"], "results.wall_time_s") for r in runs])[0]
+        row["curves"] = [[(e["step"], e["loss"]) for e in r["history"] if e["split"] == "eval"] for r in runs]
+        rows.append(row)
+    return rows
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if abs(x) >= 1e6:
+        return f"{x / 1e6:.2f}M"
+    return f"{x:.{digits}f}"
+
+
+def table(rows: list[dict], sweep: sweeps.Sweep) -> str:
+    axes = [name for name, _ in sweep.axes]
+    head = [
+        *axes,
+        *(m.name for m in sweep.metrics),
+        "seeds",
+        "params",
+        "train FLOPs/example",
+        "tokens with loss",
+        "wall s",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = list(row["labels"].values())
+        for m in sweep.metrics:
+            mean, std = row[m.name]
+            cells.append(f"{_fmt(mean)} ± {_fmt(std)}" if not math.isnan(mean) else "—")
+        cells += [
+            str(row["seeds"]) + (f" ({row['failed']} failed)" if row["failed"] else ""),
+            _fmt(row["params"]),
+            _fmt(row["flops"]),
+            _fmt(row["loss_tokens"]),
+            _fmt(row["wall_time"], 0),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def matching_table(sweep: sweeps.Sweep) -> str:
+    """Parameters and FLOPs per example of every cell, relative to the first cell (for ``--dry_run``)."""
+    lines = ["| cell | params | vs first | train FLOPs/example | vs first |", "|---|---|---|---|---|"]
+    ref = None
+    for labels, overrides in sweep.cells():
+        config = sweeps.apply(sweep.base, overrides)
+        p = sweeps.param_count(config)
+        f = sweeps.example_flops(config, sweep.example_lengths) if sweep.example_lengths[1] else math.nan
+        ref = ref or (p, f)
+        lines.append(
+            f"| {' / '.join(labels.values())} | {p:,} | {p / ref[0]:.2f} | {f / 1e6:.2f}M | {f / ref[1]:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    files = []
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        curves = [c for c in row["curves"] if c]
+        if not curves:
+            continue
+        steps = [s for s, _ in curves[0]]
+        n = min(len(c) for c in curves)
+        values = np.array([[v for _, v in c[:n]] for c in curves])
+        mean, std = values.mean(0), values.std(0)
+        label = " / ".join(row["labels"].values())
+        ax.plot(steps[:n], mean, label=label)
+        ax.fill_between(steps[:n], mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss")
+    ax.set_yscale("log")
+    ax.set_title(f"{sweep.name}: learning curves (mean ± std over seeds)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(workdir / "learning_curves.png", dpi=120)
+    plt.close(fig)
+    files.append("learning_curves.png")
+
+    metric = sweep.main_metric
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 5))
+    names = [" / ".join(r["labels"].values()) for r in rows]
+    means = [r[metric.name][0] for r in rows]
+    stds = [r[metric.name][1] for r in rows]
+    first_axis = [next(iter(r["labels"].values())) for r in rows]
+    palette = {v: plt.cm.tab10(i % 10) for i, v in enumerate(dict.fromkeys(first_axis))}
+    ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color=[palette[v] for v in first_axis])
+    ax.set_xticks(range(len(rows)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(metric.name + (" (higher is better)" if metric.higher_is_better else " (lower is better)"))
+    ax.set_title(f"{sweep.name}: {metric.name}, mean ± std over {len(sweep.seeds)} seeds")
+    fig.tight_layout()
+    fig.savefig(workdir / "main_metric.png", dpi=120)
+    plt.close(fig)
+    files.append("main_metric.png")
+    return files
+
+
+def write(workdir: Path, sweep: sweeps.Sweep) -> str:
+    """Write ``report.md`` and the plots; return the table."""
+    records = collect(workdir)
+    rows = aggregate(records, sweep)
+    md = table(rows, sweep)
+    failed = [r for r in records if r["status"].get("state") == "failed"]
+    pictures = plot(rows, sweep, workdir)
+    parts = [
+        f"# {sweep.name}",
+        sweep.hypothesis.strip(),
+        f"**Matched:** {sweep.matched}",
+        md,
+        *(f"![{p}]({p})" for p in pictures),
+    ]
+    if failed:
+        parts.append("## Failed runs\n" + "\n".join(f"- `{r['name']}`: {r['status'].get('error')}" for r in failed))
+    (workdir / "report.md").write_text("\n\n".join(parts) + "\n")
+    return md
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        raise app.UsageError("usage: python -m experiments.report SWEEP_DIR")
+    workdir = Path(argv[1])
+    spec = json.loads((workdir / "sweep.json").read_text())["sweep"]
+    print(write(workdir, sweeps.load(spec)))
+
+
+if __name__ == "__main__":
+    app.run(main)

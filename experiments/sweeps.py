@@ -1,0 +1,146 @@
+"""Sweep definitions: a base config and axes, expanded into named runs (cells x seeds).
+
+A sweep config file (``configs/sweeps/NAME.py``) defines ``get_sweep(variant)``
+returning a :class:`Sweep`.  Each axis is a list of ``(label, overrides)``;
+the product of the axes gives the cells, and each cell runs once per seed.
+Its docstring states the hypothesis and the published result it mirrors.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from gpt2_jax import flops
+from gpt2_jax.model import TransformerConfig
+
+
+@dataclasses.dataclass
+class Metric:
+    """A report column: ``path`` into a run's ``results.json`` (dots), and how to read it."""
+
+    name: str
+    path: str
+    higher_is_better: bool = True
+    scale: float = 1.0  # e.g. 100 for percentages, 1/ln(2) for bits
+
+
+@dataclasses.dataclass
+class Sweep:
+    name: str
+    hypothesis: str
+    base: ml_collections.ConfigDict
+    axes: list[tuple[str, list[tuple[str, dict[str, Any]]]]]
+    seeds: list[int]
+    metrics: list[Metric]
+    matched: str  # what the comparison holds equal (parameters, FLOPs, tokens, ...)
+    example_lengths: tuple[int, int] = (0, 0)  # mean (prefix, continuation) tokens of one example
+    decode: list[str] = dataclasses.field(default_factory=list)  # splits to decode and score (BLEU)
+
+    @property
+    def main_metric(self) -> Metric:
+        return self.metrics[0]
+
+    def cells(self) -> list[tuple[dict[str, str], dict[str, Any]]]:
+        """``(labels, overrides)`` of every cell, in axis order."""
+        out = []
+        for combo in itertools.product(*(values for _, values in self.axes)):
+            labels = {axis: label for (axis, _), (label, _) in zip(self.axes, combo, strict=True)}
+            overrides: dict[str, Any] = {}
+            for _, o in combo:
+                overrides.update(o)
+            out.append((labels, overrides))
+        return out
+
+    def runs(self) -> list[RunSpec]:
+        specs = []
+        for labels, overrides in self.cells():
+            for seed in self.seeds:
+                config = apply(self.base, {**overrides, "seed": seed})
+                specs.append(RunSpec(run_name(labels, seed), labels, seed, config, list(self.decode)))
+        return specs
+
+
+@dataclasses.dataclass
+class RunSpec:
+    name: str
+    labels: dict[str, str]
+    seed: int
+    config: ml_collections.ConfigDict
+    decode: list[str]
+
+    @property
+    def cell(self) -> str:
+        return " / ".join(self.labels.values())
+
+
+def run_name(labels: dict[str, str], seed: int) -> str:
+    parts = [re.sub(r"[^A-Za-z0-9.+-]+", "-", label).strip("-") for label in labels.values()]
+    return "__".join([*parts, f"s{seed}"])
+
+
+def apply(base: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of ``base`` with dotted-path overrides (an unknown field is an error)."""
+    config = copy.deepcopy(base)
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise KeyError(f"sweep override {key!r}: the config has no field {leaf!r}")
+        node[leaf] = value
+    return config
+
+
+def load(spec: str) -> Sweep:
+    """``path/to/sweep.py[:variant]`` -> the Sweep its ``get_sweep`` returns."""
+    path, _, variant = spec.partition(":")
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"sweep config {file} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"sweep_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_sweep(variant) if variant else module.get_sweep()
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int = 0) -> TransformerConfig:
+    """The model a run config describes (vocabulary and positions approximated when not resolved yet)."""
+    values = config.model.to_dict()
+    values["vocab_size"] = config.model.vocab_size or vocab_size or 64
+    values["max_len"] = config.model.max_len or config.data.seq_len
+    if config.data.dataset == "icl_regression":
+        values["vector_dim"] = config.data.icl.dim + 1
+    return TransformerConfig.from_config(values)
+
+
+def example_flops(config: ml_collections.ConfigDict, lengths: tuple[int, int], vocab_size: int = 0) -> float:
+    """Training FLOPs of one example of ``lengths`` = (prefix, continuation) tokens under this run's architecture."""
+    cfg = model_config(config, vocab_size)
+    prefix, continuation = lengths
+    if cfg.arch == "encoder_decoder":
+        return flops.train_flops(cfg, continuation, prefix)
+    if cfg.arch == "encoder_only":
+        return flops.train_flops(cfg, prefix + continuation)
+    return flops.train_flops(cfg, prefix + continuation - 1)
+
+
+def param_count(config: ml_collections.ConfigDict, vocab_size: int = 0) -> int:
+    cfg = model_config(config, vocab_size)
+    return flops.params(cfg, 8, 8)["total"]
+
+
+def describe_lengths(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """Mean (prefix, continuation) tokens of a synthetic transduction example (source+sep, target+eos)."""
+    s = config.data.synthetic
+    mean = (s.min_len + s.max_len) / 2
+    ops = max(len(task.split("+")) for task in s.task.split(","))
+    return round(mean + ops + 1), round(mean + 1)

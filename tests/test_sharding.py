@@ -1,0 +1,92 @@
+"""SPMD on 8 fake CPU devices: sharded training equals one device, checkpoints move between meshes."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from gpt2_jax import checkpointing, sharding, train
+from gpt2_jax.errors import ConfigError
+from tests.helpers import tiny_config, write_corpus
+
+ARCHS = ("decoder_only", "prefix_lm", "encoder_decoder", "encoder_only")
+
+
+def mesh_config(data, fsdp, tensor):
+    return {"mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor}
+
+
+def one_step(config):
+    exp = train.Experiment(config)
+    state = exp.init_state()
+    batch = next(exp.data.train_iterator())
+    state, metrics = exp.train_step(state, exp.place(batch))
+    return exp, state, jax.device_get(metrics)
+
+
+def test_eight_fake_devices_are_present():
+    assert len(jax.devices()) == 8, "tests run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_one_step_on_a_2x2x2_mesh_equals_one_device(tmp_path, arch):
+    corpus = write_corpus(tmp_path)
+    _, single, m1 = one_step(tiny_config(arch, corpus, **mesh_config(1, 1, 1)))
+    exp8, sharded, m8 = one_step(tiny_config(arch, corpus, **mesh_config(2, 2, 2)))
+    assert dict(exp8.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    np.testing.assert_allclose(m8["loss_sum"] / m8["weight_sum"], m1["loss_sum"] / m1["weight_sum"], atol=1e-5)
+    for a, b in zip(
+        jax.tree.leaves(jax.device_get(single.params)), jax.tree.leaves(jax.device_get(sharded.params)), strict=True
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    kernel = sharded.params["h_0"]["mlp"]["c_fc"]["kernel"]
+    assert kernel.sharding.spec == P("fsdp", "tensor")
+    assert kernel.addressable_shards[0].data.shape == (kernel.shape[0] // 2, kernel.shape[1] // 2), "really sharded"
+    mu = sharded.opt_state[1][0].mu["h_0"]["mlp"]["c_fc"]["kernel"]
+    assert mu.sharding.spec == P("fsdp", "tensor"), "optimizer moments follow their parameter"
+
+
+def test_partition_rules():
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    assert sharding.param_spec(("h_0", "attn", "c_attn", "kernel"), (32, 96), mesh) == P("fsdp", "tensor")
+    assert sharding.param_spec(("h_0", "attn", "c_proj", "kernel"), (32, 32), mesh) == P("tensor", "fsdp")
+    assert sharding.param_spec(("h_0", "crossattention", "q_attn", "kernel"), (32, 32), mesh) == P("fsdp", "tensor")
+    assert sharding.param_spec(("h_0", "mlp", "c_fc", "bias"), (128,), mesh) == P("tensor")
+    assert sharding.param_spec(("h_0", "ln_1", "scale"), (32,), mesh) == P()
+    assert sharding.param_spec(("wte", "embedding"), (70, 32), mesh) == P("tensor", "fsdp")
+    assert sharding.param_spec(("wte", "embedding"), (71, 32), mesh) == P(None, "fsdp"), "odd vocab: replicated rows"
+    assert sharding.param_spec(("wpe", "embedding"), (64, 32), mesh) == P(None, "fsdp")
+
+
+def test_mesh_sizes_resolve_and_fail_clearly():
+    assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == (4, 2, 1)
+    with pytest.raises(ConfigError, match="at most one axis may be -1"):
+        sharding.mesh_shape({"data": -1, "fsdp": -1, "tensor": 1}, 8)
+    with pytest.raises(ConfigError, match="not divisible by 3"):
+        sharding.mesh_shape({"data": -1, "fsdp": 3, "tensor": 1}, 8)
+
+
+def test_checkpoint_saved_on_eight_devices_restores_on_two_and_one(tmp_path):
+    corpus = write_corpus(tmp_path)
+    exp8, state8, _ = one_step(tiny_config("encoder_decoder", corpus, **mesh_config(2, 2, 2)))
+    ckpt = checkpointing.Checkpointer(tmp_path / "ckpt")
+    ckpt.save(1, state8, {"signature": exp8.signature})
+    ckpt.close()
+    want = jax.device_get(state8.params)
+    for mesh in ({"data": 2, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": 1, "tensor": 1}):
+        exp = train.Experiment(tiny_config("encoder_decoder", corpus, **{f"mesh.{k}": v for k, v in mesh.items()}))
+        abstract = checkpointing.abstract_with_shardings(exp.abstract_state, exp.state_shardings)
+        reader = checkpointing.Checkpointer(tmp_path / "ckpt")
+        restored, _, step = reader.restore(abstract, exp.signature)
+        reader.close()
+        assert step == 1
+        leaf = restored.params["h_0"]["attn"]["c_proj"]["kernel"]
+        assert len(leaf.sharding.device_set) == mesh["data"]
+        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(jax.device_get(restored.params)), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_sharded_training_run_writes_results(tmp_path):
+    config = tiny_config("prefix_lm", write_corpus(tmp_path), **mesh_config(-1, 2, 1))
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    assert results["steps"] == config.num_train_steps and np.isfinite(results["final_eval_loss"])
