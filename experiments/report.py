@@ -78,8 +78,10 @@ def aggregate(records: list[dict], sweep: sweeps.Sweep) -> list[dict]:
             "seeds": len(runs),
             "failed": sum(r["status"].get("state") == "failed" for r in by_cell.get(key, [])),
         }
+        cell = " / ".join(labels.values())
         for metric in sweep.metrics:
-            values = [v * metric.scale for r in runs if (v := _get(r["status"], metric.path)) is not None]
+            applies = metric.applies(cell)
+            values = [v * metric.scale for r in runs if applies and (v := _get(r["status"], metric.path)) is not None]
             row[metric.name] = mean_std(values)
         config = sweeps.apply(sweep.base, overrides)
         vocab = next((_get(r["status"], "results.num_params") and r["config"]["model"]["vocab_size"] for r in runs), 0)

@@ -30,6 +30,11 @@ class Metric:
     path: str
     higher_is_better: bool = True
     scale: float = 1.0  # e.g. 100 for percentages, 1/ln(2) for bits
+    only: str = ""  # report it only for cells whose name contains this ("" = every cell)
+    skip: str = ""  # ... and not for cells whose name contains this
+
+    def applies(self, cell: str) -> bool:
+        return (not self.only or self.only in cell) and not (self.skip and self.skip in cell)
 
 
 @dataclasses.dataclass
