@@ -34,6 +34,7 @@ def run(run_dir: Path) -> dict:
 
     spec = json.loads((run_dir / "run.json").read_text())
     config = ml_collections.ConfigDict(spec["config"])
+    train.enable_compilation_cache(config)
     results = train.train_and_evaluate(config, run_dir / "train")
     if results.get("preempted"):
         raise RuntimeError(f"stopped by a signal after step {results['step']}")

@@ -559,6 +559,14 @@ class Trainer:
         self.writer.close()
 
 
+def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
+    """Keep XLA's compiled programs in the cache directory: sweeps and resumed runs compile the same ones."""
+    from gpt2_jax.data import paths
+
+    jax.config.update("jax_compilation_cache_dir", str(paths.cache_dir(config.data.cache_dir) / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, overwrite: bool = False) -> dict:
     """Train and evaluate one run in ``workdir``; resume if it holds a checkpoint.
 
