@@ -41,7 +41,10 @@ def collect(workdir: Path) -> list[dict]:
             status = json.loads((run_dir / "status.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             status = {"state": "new"}
-        history = []
+        history, vocab = [], 0
+        resolved = run_dir / "train" / "config.json"
+        if resolved.exists():
+            vocab = json.loads(resolved.read_text())["model"]["vocab_size"]
         metrics_file = run_dir / "train" / "metrics.jsonl"
         if metrics_file.exists():
             history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
@@ -53,6 +56,7 @@ def collect(workdir: Path) -> list[dict]:
                 "status": status,
                 "history": history,
                 "config": spec["config"],
+                "vocab_size": vocab,
             }
         )
     return records
@@ -84,11 +88,15 @@ def aggregate(records: list[dict], sweep: sweeps.Sweep) -> list[dict]:
             values = [v * metric.scale for r in runs if applies and (v := _get(r["status"], metric.path)) is not None]
             row[metric.name] = mean_std(values)
         config = sweeps.apply(sweep.base, overrides)
-        vocab = next((_get(r["status"], "results.num_params") and r["config"]["model"]["vocab_size"] for r in runs), 0)
-        row["params"] = next((_get(r["status"], "results.num_params") for r in runs), None) or sweeps.param_count(
-            config, vocab
-        )
-        row["flops"] = sweeps.example_flops(config, sweep.example_lengths, vocab) if sweep.example_lengths[1] else None
+        vocab = next((r["vocab_size"] for r in runs if r["vocab_size"]), 0)
+        row["params"] = next((_get(r["status"], "results.num_params") for r in runs), None)
+        row["flops"] = None
+        try:
+            row["params"] = row["params"] or sweeps.param_count(config, vocab)
+            if sweep.example_lengths[1]:
+                row["flops"] = sweeps.example_flops(config, sweep.example_lengths, vocab)
+        except Exception:
+            pass
         row["loss_tokens"] = mean_std([_get(r["status"], "results.loss_tokens_seen") for r in runs])[0]
         row["wall_time"] = mean_std([_get(r["status"], "results.wall_time_s") for r in runs])[0]
         row["curves"] = [[(e["step"], e["loss"]) for e in r["history"] if e["split"] == "eval"] for r in runs]

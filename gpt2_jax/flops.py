@@ -125,13 +125,16 @@ def match_layers(
     ``reference_lens`` and ``lens`` are the (decoder, encoder) lengths of one
     example under each architecture (an encoder-decoder splits the example
     between its stacks).  Encoder-decoder candidates have equal encoder and
-    decoder depths (L+L).
+    decoder depths (L+L).  Both quantities grow linearly with depth, so two
+    depths are measured and the rest extrapolated; the chosen one is measured.
     """
     target = _quantity(reference, match, *reference_lens)
-    best = None
-    for layers in range(1, max_layers + 1):
-        cfg = dataclasses.replace(reference, arch=arch, num_layers=layers, num_encoder_layers=layers, **changes)
-        got = _quantity(cfg, match, *lens)
-        if best is None or abs(got / target - 1) < abs(best.mismatch):
-            best = Match(cfg, match, target, got)
-    return best
+
+    def candidate(layers: int) -> TransformerConfig:
+        return dataclasses.replace(reference, arch=arch, num_layers=layers, num_encoder_layers=layers, **changes)
+
+    one, two = (_quantity(candidate(n), match, *lens) for n in (1, 2))
+    per_layer = two - one
+    best = min(range(1, max_layers + 1), key=lambda n: abs(one + (n - 1) * per_layer - target))
+    cfg = candidate(best)
+    return Match(cfg, match, target, _quantity(cfg, match, *lens))

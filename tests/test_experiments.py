@@ -1,0 +1,194 @@
+"""Experiments: FLOP counting against XLA, matching, sweeps that resume and record failures, reports."""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments import report, sweeps
+from gpt2_jax import flops
+from gpt2_jax.model import TransformerConfig
+from tests.helpers import REPO, write_corpus
+
+ARCHS = ("decoder_only", "prefix_lm", "encoder_decoder", "encoder_only")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_flop_formula_within_ten_percent_of_xla(arch):
+    cfg = TransformerConfig(
+        arch=arch, vocab_size=300, num_layers=2, num_encoder_layers=2, num_heads=4, emb_dim=64, mlp_dim=256, max_len=96
+    )
+    T, S = (40, 48) if arch == "encoder_decoder" else (96, 0)
+    ours, xla = flops.forward_flops(cfg, T, S), flops.xla_forward_flops(cfg, T, S)
+    assert abs(ours / xla - 1) < 0.10, (ours, xla)
+    assert flops.train_flops(cfg, T, S) == 3 * ours
+
+
+def test_decoder_only_flops_are_6n_plus_12_l_d_t():
+    cfg = TransformerConfig(vocab_size=8192, num_layers=6, num_heads=6, emb_dim=384, mlp_dim=1536, max_len=256)
+    n = 6 * 12 * 384**2 + 8192 * 384  # matmul weights used per token (biases aside)
+    assert flops.train_flops(cfg, 256) / 256 == pytest.approx(6 * n + 12 * 6 * 384 * 256)
+    assert flops.forward_flops(cfg, 256, causal_halved=True) < flops.forward_flops(cfg, 256)
+
+
+def test_param_counts_are_exact_and_matching_finds_depths():
+    base = TransformerConfig(
+        arch="encoder_decoder",
+        vocab_size=64,
+        num_layers=2,
+        num_encoder_layers=2,
+        num_heads=4,
+        emb_dim=64,
+        mlp_dim=256,
+        max_len=64,
+    )
+    counts = flops.params(base)
+    assert counts["total"] == counts["embedding"] + counts["non_embedding"]
+    assert counts["embedding"] == 64 * 64 + 2 * 64 * 64  # wte, wpe, encoder_wpe
+    by_params = flops.match_layers(base, (20, 20), "decoder_only", (39, 0), match="params")
+    assert abs(by_params.mismatch) < 0.10 and by_params.config.num_layers == 5
+    by_flops = flops.match_layers(base, (20, 20), "decoder_only", (39, 0), match="flops")
+    assert by_flops.config.num_layers == 2 and abs(by_flops.mismatch) < 0.25
+    shared = dataclasses.replace(base, share_encoder_decoder=True)
+    assert flops.params(shared)["total"] < counts["total"]
+    assert flops.forward_flops(shared, 20, 20) == flops.forward_flops(base, 20, 20)
+
+
+def test_arch_table_dry_run_matches_flops_and_parameters():
+    sweep = sweeps.load(str(REPO / "configs/sweeps/arch_table.py"))
+    cells = {labels["model"]: sweeps.apply(sweep.base, o) for labels, o in sweep.cells() if labels["task"] == "op-last"}
+    ed, do_l = cells["ED 2+2"], cells["DO 2"]
+    deep = next(name for name in cells if name.startswith("DO ") and name != "DO 2")
+    f_ed = sweeps.example_flops(ed, sweep.example_lengths)
+    f_do = sweeps.example_flops(do_l, sweep.example_lengths)
+    assert abs(f_ed / f_do - 1) <= 0.15, "ED L+L and DO L within 15% in FLOPs per example"
+    assert abs(sweeps.param_count(ed) / sweeps.param_count(cells[deep]) - 1) <= 0.10, "within 10% in parameters"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.sweep",
+            "--sweep=configs/sweeps/arch_table.py",
+            "--workdir=unused",
+            "--dry_run",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "42 runs (14 cells x 3 seeds)" in result.stdout and "| op-last / ED 2+2 |" in result.stdout
+
+
+SWEEP_FILE = """
+from configs import default
+from experiments.sweeps import Metric, Sweep
+
+def get_sweep(variant="ok"):
+    base = default.get_config()
+    base.data.corpus = {corpus!r}
+    base.mesh.data = 1
+    base.model.num_layers, base.model.emb_dim, base.model.num_heads = 1, 16, 2
+    base.data.seq_len, base.batch_size, base.eval_batch_size = 8, 4, 16
+    base.num_train_steps = base.eval_every_steps = base.checkpoint_every_steps = 3
+    cells = [("a", {{}}), ("b", {{"model.arch": "prefix_lm"}})]
+    if variant == "broken":
+        cells.append(("bad", {{"model.num_heads": 3}}))
+    return Sweep(name="tiny", hypothesis="A tiny sweep.", base=base, axes=[("model", cells)], seeds=[0],
+                 metrics=[Metric("loss", "results.final_eval_loss", higher_is_better=False)], matched="nothing")
+"""
+
+
+def tiny_sweep(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny_sweep.py"
+    path.write_text(SWEEP_FILE.format(corpus=str(write_corpus(tmp_path))))
+    return path
+
+
+def sweep_cmd(path: Path, workdir: Path, variant: str = "ok") -> list[str]:
+    return [sys.executable, "-m", "experiments.sweep", f"--sweep={path}:{variant}", f"--workdir={workdir}"]
+
+
+def test_interrupted_sweep_resumes_and_runs_only_the_rest(tmp_path):
+    path, workdir = tiny_sweep(tmp_path), tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        sweep_cmd(path, workdir),
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = workdir / "runs" / "a__s0" / "status.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (first.exists() and json.loads(first.read_text())["state"] == "done"):
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the sweep and its running worker
+    process.wait()
+    done_before = first.stat().st_mtime_ns
+    result = subprocess.run(sweep_cmd(path, workdir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 of 2 runs already finished; running 1" in result.stdout
+    assert first.stat().st_mtime_ns == done_before, "the finished run was not redone"
+    assert json.loads((workdir / "runs" / "b__s0" / "status.json").read_text())["state"] == "done"
+    assert (workdir / "report.md").exists() and (workdir / "main_metric.png").exists()
+
+
+def test_a_failing_run_is_reported_and_does_not_stop_the_others(tmp_path):
+    path, workdir = tiny_sweep(tmp_path), tmp_path / "sweep"
+    result = subprocess.run(sweep_cmd(path, workdir, "broken"), cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-2000:]
+    bad = json.loads((workdir / "runs" / "bad__s0" / "status.json").read_text())
+    assert bad["state"] == "failed" and "num_heads=3 does not divide" in bad["error"]
+    assert json.loads((workdir / "runs" / "b__s0" / "status.json").read_text())["state"] == "done"
+    text = (workdir / "report.md").read_text()
+    assert "## Failed runs" in text and "bad__s0" in text and "| bad | — | 0 (1 failed) |" in text
+
+
+def test_report_aggregates_seeds_on_hand_made_results(tmp_path):
+    path = tiny_sweep(tmp_path)
+    sweep = sweeps.load(f"{path}:ok")
+    sweep.seeds = [0, 1, 2]
+    values = {"a": [1.0, 2.0, 3.0], "b": [4.0, 4.0, 7.0]}
+    for spec in sweep.runs():
+        run_dir = tmp_path / "sw" / "runs" / spec.name
+        run_dir.mkdir(parents=True)
+        (run_dir / "run.json").write_text(
+            json.dumps({"name": spec.name, "labels": spec.labels, "seed": spec.seed, "config": spec.config.to_dict()})
+        )
+        loss = values[spec.labels["model"]][spec.seed]
+        (run_dir / "status.json").write_text(
+            json.dumps(
+                {
+                    "state": "done",
+                    "results": {
+                        "final_eval_loss": loss,
+                        "num_params": 1000,
+                        "loss_tokens_seen": 10.0,
+                        "wall_time_s": 2.0,
+                    },
+                }
+            )
+        )
+        (run_dir / "train").mkdir()
+        (run_dir / "train" / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": s, "split": "eval", "loss": loss + 1 / s}) + "\n" for s in (1, 2, 3))
+        )
+    rows = report.aggregate(report.collect(tmp_path / "sw"), sweep)
+    a, b = rows
+    assert a["loss"] == pytest.approx((2.0, 1.0)) and a["seeds"] == 3
+    assert b["loss"][0] == pytest.approx(5.0) and b["loss"][1] == pytest.approx(math.sqrt(3.0))
+    md = report.write(tmp_path / "sw", sweep)
+    assert "| a | 2.000 ± 1.000 | 3 |" in md and "| b | 5.000 ± 1.732 | 3 |" in md
+    assert (tmp_path / "sw" / "learning_curves.png").stat().st_size > 1000
