@@ -10,14 +10,16 @@ RESULTS ?= results
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,hf]"
+	$(PY) -m pip install -q -e ".[test,hf,cluster]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# The main job: nanoGPT's shakespeare_char CPU setup, trained and evaluated.
+# The main job: a quick T5-Table-2-style architecture comparison (about ten minutes on two
+# CPU cores); prints the table and leaves report.md and the plots in $(RESULTS)/arch_table_quick.
 run: install
-	$(PY) -m gpt2_jax.main --config=configs/shakespeare_char.py:cpu --workdir=$(RESULTS)/shakespeare_char_cpu
+	$(PY) -m experiments.sweep --sweep=configs/sweeps/arch_table.py:quick --workdir=$(RESULTS)/arch_table_quick
+	@echo "report and plots: $(RESULTS)/arch_table_quick/report.md"
 
 test: install
 	$(PY) -m pytest -q -m "not slow" tests
@@ -27,6 +29,9 @@ test-slow: install
 
 bench: install
 	$(PY) -m experiments.bench
+
+bench-decode: install
+	$(PY) -m experiments.bench_decode
 
 lint: install
 	$(PY) -m ruff check .

@@ -36,5 +36,7 @@ setup(
         # The reference implementation for GPT-2 compatibility tests and the benchmark's peer.
         # torch 2.13.0 is the CPU build these machines carry; a looser pin would pull a CUDA build.
         "hf": ["torch==2.13.0", "transformers>=4.44"],
+        # Spreading sweeps over many machines (experiments.sweep --launcher=ray).
+        "cluster": ["ray>=2.9"],
     },
 )

@@ -192,3 +192,20 @@ def test_report_aggregates_seeds_on_hand_made_results(tmp_path):
     md = report.write(tmp_path / "sw", sweep)
     assert "| a | 2.000 ± 1.000 | 3 |" in md and "| b | 5.000 ± 1.732 | 3 |" in md
     assert (tmp_path / "sw" / "learning_curves.png").stat().st_size > 1000
+
+
+def test_sweep_runs_on_a_ray_cluster(tmp_path):
+    pytest.importorskip("ray", reason="the cluster extra (ray) is not installed")
+    path, workdir = tiny_sweep(tmp_path), tmp_path / "sweep"
+    result = subprocess.run(
+        [*sweep_cmd(path, workdir), "--launcher=ray"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, "RAY_DISABLE_USAGE_STATS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for run in ("a__s0", "b__s0"):
+        assert json.loads((workdir / "runs" / run / "status.json").read_text())["state"] == "done"
+    assert "a__s0: done" in result.stdout
