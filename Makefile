@@ -21,11 +21,12 @@ run: install
 	$(PY) -m experiments.sweep --sweep=configs/sweeps/arch_table.py:quick --workdir=$(RESULTS)/arch_table_quick
 	@echo "report and plots: $(RESULTS)/arch_table_quick/report.md"
 
+# Two workers: XLA compiles on one core, so two test processes keep both cores busy.
 test: install
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 test-slow: install
-	$(PY) -m pytest -q -m slow tests
+	$(PY) -m pytest -q -n 2 -m slow tests
 
 bench: install
 	$(PY) -m experiments.bench

@@ -32,7 +32,7 @@ setup(
         "matplotlib>=3.8",  # experiment reports
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6"],
         # The reference implementation for GPT-2 compatibility tests and the benchmark's peer.
         # torch 2.13.0 is the CPU build these machines carry; a looser pin would pull a CUDA build.
         "hf": ["torch==2.13.0", "transformers>=4.44"],

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -560,10 +561,14 @@ class Trainer:
 
 
 def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
-    """Keep XLA's compiled programs in the cache directory: sweeps and resumed runs compile the same ones."""
+    """Keep XLA's compiled programs (in ``$GPT2_JAX_XLA_CACHE_DIR``, else the cache directory's ``xla/``).
+
+    Sweeps and resumed runs compile the same programs again and again.
+    """
     from gpt2_jax.data import paths
 
-    jax.config.update("jax_compilation_cache_dir", str(paths.cache_dir(config.data.cache_dir) / "xla"))
+    directory = os.environ.get("GPT2_JAX_XLA_CACHE_DIR") or str(paths.cache_dir(config.data.cache_dir) / "xla")
+    jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 

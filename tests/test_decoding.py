@@ -108,11 +108,11 @@ def test_greedy_equals_repeated_argmax_of_full_forwards(arch):
     prompts = [rng.integers(5, V, 2), rng.integers(5, V, 4)]
     sources = [rng.integers(5, V, 4), rng.integers(5, V, 2)]
     tokens, lengths = decoding.generate(
-        params, decode_inputs(arch, prompts, sources), jax.random.PRNGKey(0), model=model, max_new_tokens=8, eos_id=EOS
+        params, decode_inputs(arch, prompts, sources), jax.random.PRNGKey(0), model=model, max_new_tokens=5, eos_id=EOS
     )
     for row in range(2):
         src = np.asarray(sources[row], np.int32) if arch == "encoder_decoder" else None
-        want = greedy_by_full_forwards(model, params, arch, prompts[row], 8, src)
+        want = greedy_by_full_forwards(model, params, arch, prompts[row], 5, src)
         assert np.asarray(tokens[row, : int(lengths[row])]).tolist() == want
 
 

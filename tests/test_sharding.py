@@ -17,6 +17,7 @@ def mesh_config(data, fsdp, tensor):
 
 
 def one_step(config):
+    config.model.num_layers = 1  # the sharding rules are per layer; one keeps compilation short
     exp = train.Experiment(config)
     state = exp.init_state()
     batch = next(exp.data.train_iterator())
@@ -74,7 +75,8 @@ def test_checkpoint_saved_on_eight_devices_restores_on_two_and_one(tmp_path):
     ckpt.close()
     want = jax.device_get(state8.params)
     for mesh in ({"data": 2, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": 1, "tensor": 1}):
-        exp = train.Experiment(tiny_config("encoder_decoder", corpus, **{f"mesh.{k}": v for k, v in mesh.items()}))
+        overrides = {"model.num_layers": 1, **{f"mesh.{k}": v for k, v in mesh.items()}}
+        exp = train.Experiment(tiny_config("encoder_decoder", corpus, **overrides))
         abstract = checkpointing.abstract_with_shardings(exp.abstract_state, exp.state_shardings)
         reader = checkpointing.Checkpointer(tmp_path / "ckpt")
         restored, _, step = reader.restore(abstract, exp.signature)

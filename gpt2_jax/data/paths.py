@@ -7,7 +7,10 @@ writable cache directory instead.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 DATA_DIR_ENV = "GPT2_JAX_DATA_DIR"
@@ -40,3 +43,15 @@ def resolve(path: str, configured_data_dir: str = "") -> Path:
     """An absolute path as is; a relative one under the data directory."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else data_dir(configured_data_dir) / p
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (a lock file) across processes, e.g. parallel sweep runs preparing one dataset."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

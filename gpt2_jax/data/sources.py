@@ -159,11 +159,13 @@ def _prepare(name: str, features, config_name: str, cache_dir: Path, splits: Cal
     logging.getLogger("absl").addFilter(_QuietTfds())
     cls = _builder_class(name, features)
     config = tfds.core.BuilderConfig(name=config_name, description=name)
-    builder = cls(splits=splits, data_dir=str(cache_dir / "tfds"), config=config, file_format="array_record")
-    if not builder.is_prepared():
-        log.info("preparing %s/%s in %s", name, config_name, cache_dir / "tfds")
-        with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its progress
-            builder.download_and_prepare()
+    # Parallel runs of a sweep may prepare the same dataset at once: one builds, the others wait and read.
+    with paths.locked(cache_dir / "tfds" / f"{name}-{config_name}.lock"):
+        builder = cls(splits=splits, data_dir=str(cache_dir / "tfds"), config=config, file_format="array_record")
+        if not builder.is_prepared():
+            log.info("preparing %s/%s in %s", name, config_name, cache_dir / "tfds")
+            with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its progress
+                builder.download_and_prepare()
     return builder
 
 

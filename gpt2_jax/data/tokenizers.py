@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gpt2_jax.data import paths
 from gpt2_jax.errors import DataError
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<sep>", "<mask>")
@@ -145,39 +146,43 @@ class SentencePieceTokenizer(_SpecialsFirst):
 
         ``vocab_size`` counts the ordinary pieces; the specials are added on top.
         """
-        import sentencepiece as spm
-
         key = hashlib.sha256(f"{model_type}:{vocab_size}:".encode() + text.encode()).hexdigest()[:16]
         prefix = Path(cache_dir) / "tokenizers" / f"spm_{model_type}_{vocab_size}_{key}"
         model = prefix.with_suffix(".model")
-        if not model.exists():
-            prefix.parent.mkdir(parents=True, exist_ok=True)
-            lines = [line for line in text.splitlines() if line.strip()]
-            tmp = prefix.with_name(prefix.name + ".tmp")
-            try:
-                spm.SentencePieceTrainer.train(
-                    sentence_iterator=iter(lines),
-                    model_prefix=str(tmp),
-                    vocab_size=vocab_size,
-                    model_type=model_type,
-                    character_coverage=1.0,
-                    byte_fallback=model_type == "bpe",
-                    # Our specials live outside the model; it keeps only its unknown piece.
-                    bos_id=-1,
-                    eos_id=-1,
-                    pad_id=-1,
-                    unk_id=0,
-                    num_threads=1,  # one thread: the same text always gives the same model
-                    minloglevel=2,
-                )
-            except RuntimeError as e:  # e.g. a vocabulary smaller than the alphabet
-                reason = str(e).split("]")[-1].strip()
-                raise DataError(
-                    f"training the SentencePiece tokenizer failed: {reason} (config.data.vocab_size)"
-                ) from None
-            for ext in (".model", ".vocab"):
-                tmp.with_name(tmp.name + ext).replace(prefix.with_name(prefix.name + ext))
+        with paths.locked(prefix.with_suffix(".lock")):
+            if not model.exists():
+                cls._train_model(text, vocab_size, model_type, prefix)
         return cls(model.read_bytes(), num_sentinels)
+
+    @staticmethod
+    def _train_model(text: str, vocab_size: int, model_type: str, prefix: Path) -> None:
+        """Train into ``prefix.model`` (written under a temporary name, then renamed)."""
+        import sentencepiece as spm
+
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        lines = [line for line in text.splitlines() if line.strip()]
+        tmp = prefix.with_name(prefix.name + ".tmp")
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(lines),
+                model_prefix=str(tmp),
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=1.0,
+                byte_fallback=model_type == "bpe",
+                # Our specials live outside the model; it keeps only its unknown piece.
+                bos_id=-1,
+                eos_id=-1,
+                pad_id=-1,
+                unk_id=0,
+                num_threads=1,  # one thread: the same text always gives the same model
+                minloglevel=2,
+            )
+        except RuntimeError as e:  # e.g. a vocabulary smaller than the alphabet
+            reason = str(e).split("]")[-1].strip()
+            raise DataError(f"training the SentencePiece tokenizer failed: {reason} (config.data.vocab_size)") from None
+        for ext in (".model", ".vocab"):
+            tmp.with_name(tmp.name + ext).replace(prefix.with_name(prefix.name + ext))
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._sp.encode(text), dtype=np.int32) + self.num_specials
