@@ -217,3 +217,14 @@ def test_no_positions_makes_bidirectional_stack_permutation_equivariant():
     permuted = {k: v[:, perm] for k, v in b.items()}
     out, out_perm = model.apply({"params": params}, b), model.apply({"params": params}, permuted)
     np.testing.assert_allclose(out[:, perm], out_perm, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN flash attention needs a GPU")
+@pytest.mark.parametrize("arch", ["decoder_only", "prefix_lm", "encoder_decoder"])
+def test_cudnn_attention_matches_xla_on_gpu(arch):
+    cfg = dict(num_layers=2, num_heads=4, emb_dim=128, mlp_dim=512, max_len=128, dtype="bfloat16")
+    b = lm_example(arch, length=64, cut=32)
+    xla = Transformer(TransformerConfig(arch=arch, vocab_size=TOK.vocab_size, **cfg))
+    cudnn = Transformer(TransformerConfig(arch=arch, vocab_size=TOK.vocab_size, attention_impl="cudnn", **cfg))
+    params = xla.init(jax.random.PRNGKey(0), b)["params"]
+    np.testing.assert_allclose(xla.apply({"params": params}, b), cudnn.apply({"params": params}, b), atol=5e-2)
