@@ -22,8 +22,8 @@ def get_sweep(variant: str = "cpu") -> Sweep:
     base = multi30k.get_config("full" if variant == "full" else "cpu")
     base.mesh.data = 1
     if variant == "cpu":
-        base.num_train_steps = 500
-        base.eval_every_steps = base.checkpoint_every_steps = 250
+        base.num_train_steps = 400
+        base.eval_every_steps = base.checkpoint_every_steps = 200
     elif variant != "full":
         raise ValueError(f"unknown variant {variant!r}; use cpu or full")
     L = base.model.num_layers
