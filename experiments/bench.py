@@ -35,7 +35,13 @@ from configs import default
 from gpt2_jax import flops, optim, train
 from gpt2_jax.model import Transformer, TransformerConfig
 
-_ARCHS = flags.DEFINE_list("archs", ["decoder_only", "prefix_lm", "encoder_decoder"], "Architectures to time.")
+_ARCHS = flags.DEFINE_list(
+    "archs",
+    ["decoder_only", "prefix_lm", "encoder_decoder"],
+    "Architectures to time; `arch:impl` picks that runner's attention implementation (e.g. decoder_only:xla).",
+)
+_ATTENTION = flags.DEFINE_enum("attention_impl", "xla", ["xla", "cudnn"], "Default attention implementation.")
+_BATCH = flags.DEFINE_integer("batch", 0, "Batch size (0 = the shape's).")
 _SHAPE = flags.DEFINE_enum("shape", "small", ["small", "gpt2_124m"], "small: 6x384, ctx 256, batch 8; or GPT-2 124M.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds.")
@@ -71,11 +77,11 @@ class Shape:
 SHAPES = {"small": Shape(6, 384, 6, 256, 8, 8192), "gpt2_124m": Shape(12, 768, 12, 1024, 8, 50304)}
 
 
-def measure_matmul_peak(seconds: float = 1.0) -> float:
-    """Best FLOP/s of a jitted float32 matmul on this machine (the CPU's practical peak)."""
+def measure_matmul_peak(dtype: str = "float32", sizes: tuple[int, ...] = (1024, 2048), seconds: float = 1.0) -> float:
+    """Best FLOP/s of a jitted square matmul on random data (on CPU, the practical peak MFU is taken against)."""
     best = 0.0
-    for n in (1024, 2048):
-        a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    for n in sizes:
+        a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
         f = jax.jit(lambda a, b: a @ b)
         f(a, a).block_until_ready()
         times = []
@@ -93,6 +99,8 @@ def device_peak(dtype: str) -> tuple[float, str]:
     device = jax.devices()[0]
     if device.platform == "cpu":
         return measure_matmul_peak(), "matmul peak measured in this run"
+    measured = measure_matmul_peak(dtype, sizes=(4096, 8192))
+    print(f"{device.device_kind}: {dtype} 8192^3 matmul measured at {measured / 1e12:.0f} TFLOP/s")
     for (platform, name, kind), peak in DEVICE_PEAKS.items():
         if device.platform == platform and name.lower() in device.device_kind.lower() and kind == dtype:
             return peak, f"{device.device_kind} {dtype} datasheet peak"
@@ -115,9 +123,10 @@ class Runner:
         return statistics.median(self.times)
 
 
-def _bench_config(arch: str, shape: Shape, dtype: str):
+def _bench_config(arch: str, shape: Shape, dtype: str, impl: str):
     config = default.get_config()
     config.model.arch = arch
+    config.model.attention_impl = impl
     config.model.num_layers = shape.layers
     config.model.num_heads = shape.heads
     config.model.emb_dim = shape.width
@@ -126,9 +135,9 @@ def _bench_config(arch: str, shape: Shape, dtype: str):
     return config
 
 
-def ours(arch: str, shape: Shape, dtype: str = "float32") -> Runner:
+def ours(arch: str, shape: Shape, dtype: str = "float32", impl: str = "xla") -> Runner:
     """Our jitted train step on random tokens of the given shape (an encoder-decoder splits the context in half)."""
-    config = _bench_config(arch, shape, dtype)
+    config = _bench_config(arch, shape, dtype, impl)
     T = shape.context
     dec_len, enc_len = (T // 2, T // 2) if arch == "encoder_decoder" else (T, 0)
     cfg = dataclasses.replace(
@@ -178,14 +187,21 @@ def ours(arch: str, shape: Shape, dtype: str = "float32") -> Runner:
 
     step()  # warm up (allocations, thread pools)
     model_flops = flops.train_flops(cfg, dec_len, enc_len) * B
-    return Runner(f"ours {arch}", step, B * T, model_flops, compile_s, peak)
+    name = f"ours {arch}" if impl == "xla" else f"ours {arch} [{impl}]"
+    return Runner(name, step, B * T, model_flops, compile_s, peak)
 
 
-def peer(shape: Shape, compiled: bool) -> Runner:
-    """transformers' GPT2LMHeadModel + torch AdamW at the same shape, on the CPU."""
+def peer(shape: Shape, compiled: bool, dtype: str = "float32") -> Runner:
+    """transformers' GPT2LMHeadModel + torch AdamW at the same shape: on the CPU, or on the GPU JAX uses.
+
+    On a GPU, ``bfloat16`` runs the step under ``torch.autocast`` (fp32 master
+    weights, as ours) with PyTorch's fused SDPA attention.
+    """
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    on_gpu = jax.devices()[0].platform == "gpu"
+    device = torch.device("cuda" if on_gpu else "cpu")
     torch.manual_seed(0)
     cfg = GPT2Config(
         vocab_size=shape.vocab,
@@ -196,23 +212,34 @@ def peer(shape: Shape, compiled: bool) -> Runner:
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
     )
-    model = GPT2LMHeadModel(cfg).train()
+    model = GPT2LMHeadModel(cfg).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1)
-    ids = torch.randint(0, shape.vocab, (shape.batch, shape.context))
+    ids = torch.randint(0, shape.vocab, (shape.batch, shape.context), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     def train_step():
-        loss = model(input_ids=ids, labels=ids).loss
+        with autocast:
+            loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    step_fn = torch.compile(train_step) if compiled else train_step
+    compiled_step = torch.compile(train_step) if compiled else train_step
+
+    def step() -> None:
+        compiled_step()
+        if on_gpu:
+            torch.cuda.synchronize()
+
     t0 = time.perf_counter()
-    step_fn()
+    step()
     compile_s = time.perf_counter() - t0
+    step()  # warm up (the optimizer's state is created on the first step)
     ours_cfg = TransformerConfig(
         vocab_size=shape.vocab,
         num_layers=shape.layers,
@@ -223,7 +250,8 @@ def peer(shape: Shape, compiled: bool) -> Runner:
     )
     model_flops = flops.train_flops(ours_cfg, shape.context) * shape.batch
     name = "transformers GPT-2 (torch.compile)" if compiled else "transformers GPT-2 (eager)"
-    return Runner(name, lambda: step_fn(), shape.batch * shape.context, model_flops, compile_s)
+    memory = torch.cuda.max_memory_allocated() if on_gpu else float("nan")
+    return Runner(name, step, shape.batch * shape.context, model_flops, compile_s, memory)
 
 
 def interleave(runners: list[Runner], rounds: int, steps: int) -> None:
@@ -250,41 +278,51 @@ def report(runners: list[Runner], peak: float, peak_source: str) -> None:
         )
 
 
+def parse_runner(spec: str, default_impl: str) -> tuple[str, str]:
+    """``"decoder_only"`` or ``"decoder_only:cudnn"`` -> (arch, attention implementation)."""
+    arch, _, impl = spec.partition(":")
+    return arch, impl or default_impl
+
+
 def main(argv: list[str]) -> None:
     del argv
     shape = SHAPES[_SHAPE.value]
+    if _BATCH.value:
+        shape = dataclasses.replace(shape, batch=_BATCH.value)
     on_cpu = jax.devices()[0].platform == "cpu"
     if on_cpu and _PEER.value:
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)  # the same cores XLA's thread pool uses
     peak, source = device_peak(_DTYPE.value)
-    runners = [ours(arch, shape, _DTYPE.value) for arch in _ARCHS.value]
+    specs = [parse_runner(spec, _ATTENTION.value) for spec in _ARCHS.value]
+    runners = [ours(arch, shape, _DTYPE.value, impl) for arch, impl in specs]
     peers = []
-    if _PEER.value and on_cpu:
-        peers.append(peer(shape, compiled=False))
+    if _PEER.value:
+        peers.append(peer(shape, compiled=False, dtype=_DTYPE.value))
         if _COMPILE_PEER.value:
-            peers.append(peer(shape, compiled=True))
+            peers.append(peer(shape, compiled=True, dtype=_DTYPE.value))
     interleave(runners + peers, _ROUNDS.value, _STEPS.value)
     report(runners + peers, peak, source)
-    if peers and "decoder_only" in _ARCHS.value:
+    decoder_only = [r for r, (arch, _) in zip(runners, specs, strict=True) if arch == "decoder_only"]
+    if peers and decoder_only:
         best_peer = max(peers, key=lambda r: r.tokens_per_step / r.median())
-        mine = next(r for r in runners if r.name.endswith("decoder_only"))
+        mine = max(decoder_only, key=lambda r: r.tokens_per_step / r.median())
         ratio = (mine.tokens_per_step / mine.median()) / (best_peer.tokens_per_step / best_peer.median())
-        print(f"\nours decoder_only / {best_peer.name}: {ratio:.2f}x tokens/s")
-    if "decoder_only" in _ARCHS.value:
-        base = next(r for r in runners if r.name.endswith("decoder_only"))
+        print(f"\n{mine.name} / {best_peer.name}: {ratio:.2f}x tokens/s")
+    if decoder_only:
+        base = decoder_only[0]
         for r in runners:
             if r is not base:
                 # Achieved model FLOP/s relative to the decoder-only model's: 1.0 = FLOP-proportional throughput.
                 rel = (r.flops_per_step / r.median()) / (base.flops_per_step / base.median())
-                print(f"{r.name}: {rel:.2f} of decoder-only's FLOP/s")
+                print(f"{r.name}: {rel:.2f} of {base.name}'s FLOP/s")
     if _CONTEXTS.value:
         tokens = shape.context * shape.batch
         sweep = []
         for ctx in (int(c) for c in _CONTEXTS.value):
             s = dataclasses.replace(shape, context=ctx, batch=max(1, tokens // ctx))
-            runner = ours("decoder_only", s, _DTYPE.value)
+            runner = ours("decoder_only", s, _DTYPE.value, _ATTENTION.value)
             runner.name = f"decoder_only context {ctx} x batch {s.batch}"
             sweep.append(runner)
         interleave(sweep, _ROUNDS.value, _STEPS.value)

@@ -210,3 +210,25 @@ def test_sweep_runs_on_a_ray_cluster(tmp_path):
     for run in ("a__s0", "b__s0"):
         assert json.loads((workdir / "runs" / run / "status.json").read_text())["state"] == "done"
     assert "a__s0: done" in result.stdout
+
+
+def test_benchmark_times_every_runner_and_reports_mfu(capsys):
+    from experiments import bench
+
+    shape = bench.Shape(layers=1, width=32, heads=2, context=16, batch=2, vocab=64)
+    assert bench.parse_runner("decoder_only", "xla") == ("decoder_only", "xla")
+    assert bench.parse_runner("prefix_lm:cudnn", "xla") == ("prefix_lm", "cudnn")
+    runners = [bench.ours(arch, shape) for arch in ("decoder_only", "encoder_decoder")]
+    bench.interleave(runners, rounds=2, steps=2)
+    assert [len(r.times) for r in runners] == [4, 4] and all(t > 0 for r in runners for t in r.times)
+    do, ed = runners
+    assert do.tokens_per_step == ed.tokens_per_step == 32
+    cfg = TransformerConfig(vocab_size=64, num_layers=1, num_heads=2, emb_dim=32, mlp_dim=128, max_len=16)
+    assert do.flops_per_step == flops.train_flops(cfg, 16) * 2
+    assert do.memory_bytes > 0 and do.compile_s > 0
+    bench.report(runners, peak=1e9, peak_source="test")
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith("ours decoder_only"))
+    tokens_per_s, mfu = float(row.split()[2]), float(row.split()[-1].rstrip("%"))
+    assert tokens_per_s == pytest.approx(32 / do.median(), rel=0.01)
+    assert mfu == pytest.approx(100 * do.flops_per_step / do.median() / 1e9, rel=0.01)

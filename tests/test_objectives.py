@@ -156,12 +156,41 @@ def test_packed_encoder_decoder_streams_share_segment_ids():
     tok = ByteTokenizer()
     a = objectives.Example(np.array([10, 11, 3]), np.array([12, 2]))
     b = objectives.Example(np.array([20, 3]), np.array([21, 22, 2]))
-    out = objectives.convert([a, b], "encoder_decoder", tok, rows=1, length=6, encoder_length=6, pack=True)
-    assert out["encoder_input_tokens"].tolist() == [[10, 11, 3, 20, 3, 0]]
-    assert out["encoder_segment_ids"].tolist() == [[1, 1, 1, 2, 2, 0]]
-    assert out["input_tokens"].tolist() == [[tok.bos_id, 12, tok.bos_id, 21, 22, 0]]
-    assert out["target_tokens"].tolist() == [[12, 2, 21, 22, 2, 0]]
-    assert out["segment_ids"].tolist() == [[1, 1, 2, 2, 2, 0]]
+    # Footprints 5 + 5 (encoder-only's layout): both fit a row of 10, not of 9.
+    out = objectives.convert([a, b], "encoder_decoder", tok, rows=1, length=10, encoder_length=10, pack=True)
+    assert out["encoder_input_tokens"].tolist() == [[10, 11, 3, 20, 3, 0, 0, 0, 0, 0]]
+    assert out["encoder_segment_ids"].tolist() == [[1, 1, 1, 2, 2, 0, 0, 0, 0, 0]]
+    assert out["input_tokens"].tolist() == [[tok.bos_id, 12, tok.bos_id, 21, 22, 0, 0, 0, 0, 0]]
+    assert out["target_tokens"].tolist() == [[12, 2, 21, 22, 2, 0, 0, 0, 0, 0]]
+    assert out["segment_ids"].tolist() == [[1, 1, 2, 2, 2, 0, 0, 0, 0, 0]]
+    with pytest.raises(ValueError, match="cannot hold"):
+        objectives.convert([a, b], "encoder_decoder", tok, rows=1, length=9, encoder_length=9, pack=True)
+
+
+def test_packing_groups_the_same_examples_into_rows_for_every_architecture():
+    """An encoder-decoder's target-only decoder rows must not pack more examples per step than a decoder-only's."""
+    tok = ByteTokenizer()
+    rng = np.random.default_rng(0)
+    examples = [
+        objectives.Example(
+            rng.integers(10, 200, size=rng.integers(2, 12)), rng.integers(10, 200, size=rng.integers(2, 12))
+        )
+        for _ in range(40)
+    ]
+
+    def rows_of(arch):
+        builder = objectives.RowBuilder(arch, tok, rows=4, length=40, encoder_length=40, pack=True)
+        placed = 0
+        while placed < len(examples) and builder.add(examples[placed]):
+            placed += 1
+        b = builder.batch()
+        targets = [sorted(b["target_tokens"][r][b["loss_weights"][r] > 0].tolist()) for r in range(4)]
+        return placed, builder.count.tolist(), targets
+
+    ref = rows_of("decoder_only")
+    assert ref[0] < len(examples) and max(ref[1]) > 1, "the batch filled up with packed rows"
+    for arch in ("prefix_lm", "encoder_decoder", "encoder_only"):
+        assert rows_of(arch) == ref, arch
 
 
 def test_encoder_only_fills_the_continuation_behind_mask_tokens():

@@ -23,7 +23,9 @@ masked LM (:func:`mlm_batch`, encoder-only).
 
 Rows are either one example each (padded) or packed with several examples
 (``segment_ids`` 1, 2, ...; positions restart in each), so that the masks never
-let one example see another.
+let one example see another.  Packing fills rows by each example's footprint
+(its widest layout over all architectures), so the same examples share a row,
+and a batch holds the same targets, whatever the architecture.
 """
 
 from __future__ import annotations
@@ -59,6 +61,17 @@ class Example:
         if arch == "encoder_only":
             return len(self.masked_view[0]) if self.masked_view is not None else p + c
         return p + c - 1
+
+    def footprint(self) -> int:
+        """Positions of this example's widest layout over all architectures.
+
+        Packing budgets rows by footprint rather than by the architecture's own
+        length, so every architecture groups the same examples into the same
+        rows: an encoder-decoder, whose decoder row holds only targets, would
+        otherwise pack about twice as many examples per step as a decoder-only
+        model and see twice the targets.
+        """
+        return max(self.length(arch) for arch in ("decoder_only", "encoder_decoder", "encoder_only"))
 
 
 def seq2seq_example(source: np.ndarray, target: np.ndarray, tokenizer: Tokenizer) -> Example:
@@ -108,7 +121,12 @@ def _streams(ex: Example, arch: str, tokenizer: Tokenizer, loss: str) -> dict[st
 
 
 class RowBuilder:
-    """Fills ``rows`` rows of fixed lengths with examples, one per row or packed."""
+    """Fills ``rows`` rows of fixed lengths with examples, one per row or packed.
+
+    Packed rows take examples while the sum of their footprints
+    (:meth:`Example.footprint`) fits in ``length``, which makes the grouping of
+    examples into rows independent of ``arch``.
+    """
 
     def __init__(
         self,
@@ -127,6 +145,7 @@ class RowBuilder:
         self.lengths = {"decoder": length, "encoder": encoder_length or length}
         self.used = {"decoder": np.zeros(rows, int), "encoder": np.zeros(rows, int)}
         self.count = np.zeros(rows, int)  # examples placed per row
+        self.footprints = np.zeros(rows, int)  # summed example footprints per row
         self.row = 0
         self.fields: dict[str, np.ndarray] = {}
         self._alloc("decoder", ("input_tokens", "target_tokens", "positions", "segment_ids"), np.int32)
@@ -154,9 +173,11 @@ class RowBuilder:
                 raise DataError(
                     f"an example needs {n} positions but rows hold {self.lengths[s]}; raise config.data.seq_len"
                 )
+        footprint = ex.footprint()
         while not self.full:
-            fits = all(self.used[s][self.row] + n <= self.lengths[s] for s, n in sizes.items())
-            if fits and (self.pack or self.count[self.row] == 0):
+            r = self.row
+            fits = all(self.used[s][r] + n <= self.lengths[s] for s, n in sizes.items())
+            if self.count[r] == 0 or (fits and self.pack and self.footprints[r] + footprint <= self.lengths["decoder"]):
                 break
             self.row += 1
         if self.full:
@@ -173,6 +194,7 @@ class RowBuilder:
             self.fields[prefix + "segment_ids"][r, span] = segment
             self.used[stream][r] += n
         self.count[r] += 1
+        self.footprints[r] += footprint
         if not self.pack:
             self.row += 1
         return True
