@@ -251,3 +251,42 @@ def test_block_causal_attention_equals_full_causal_attention():
         np.testing.assert_allclose(a, b, atol=1e-5)
     jaxpr = str(jax.make_jaxpr(blocked)(q, k, v))
     assert jaxpr.count("dot_general") == 2 * 3, "one QK and one PV product per query block"
+
+
+def _eqns(jaxpr):
+    """Every equation of a jaxpr, nested ones (custom_vjp, pjit) included."""
+    for e in jaxpr.eqns:
+        yield e
+        for p in e.params.values():
+            for sub in p if isinstance(p, tuple | list) else [p]:
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None:
+                    yield from _eqns(inner if hasattr(inner, "eqns") else sub.jaxpr)
+
+
+def test_tied_logits_gradient_is_exact_in_float32_and_runs_bf16_matmuls_in_bf16():
+    from gpt2_jax.model import tied_logits
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 8))
+    emb = jax.random.normal(jax.random.PRNGKey(1), (11, 8))
+    cot = jax.random.normal(jax.random.PRNGKey(2), (2, 5, 11))
+
+    def plain(x, emb):
+        return jnp.einsum("bld,vd->blv", x, emb, preferred_element_type=jnp.float32)
+
+    for f in (tied_logits, plain):
+        assert f(x, emb).dtype == jnp.float32
+    got = jax.grad(lambda *a: jnp.sum(tied_logits(*a) * cot), argnums=(0, 1))(x, emb)
+    want = jax.grad(lambda *a: jnp.sum(plain(*a) * cot), argnums=(0, 1))(x, emb)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    xb, eb = x.astype(jnp.bfloat16), emb.astype(jnp.bfloat16)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(tied_logits(*a) * cot), argnums=(0, 1)))(xb, eb)
+    operand_dtypes = [
+        [str(v.aval.dtype) for v in e.invars] for e in _eqns(jaxpr.jaxpr) if e.primitive.name == "dot_general"
+    ]
+    assert len(operand_dtypes) == 3 and all(d == ["bfloat16", "bfloat16"] for d in operand_dtypes), operand_dtypes
+    gb = jax.grad(lambda *a: jnp.sum(tied_logits(*a) * cot), argnums=(0, 1))(xb, eb)
+    for a, b in zip(gb, want, strict=True):
+        assert a.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(a, np.float32), b, rtol=0.05, atol=0.1)
