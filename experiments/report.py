@@ -9,6 +9,7 @@ the main metric with standard-deviation error bars.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -227,8 +228,11 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise app.UsageError("usage: python -m experiments.report SWEEP_DIR")
     workdir = Path(argv[1])
-    spec = json.loads((workdir / "sweep.json").read_text())["sweep"]
-    print(write(workdir, sweeps.load(spec)))
+    record = json.loads((workdir / "sweep.json").read_text())
+    sweep = sweeps.load(record["sweep"])
+    if "seeds" in record:  # the seeds the sweep ran with (`experiments.sweep --seeds`)
+        sweep = dataclasses.replace(sweep, seeds=record["seeds"])
+    print(write(workdir, sweep))
 
 
 if __name__ == "__main__":

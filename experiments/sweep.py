@@ -12,6 +12,7 @@ parameter and FLOP counts.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import subprocess
 import sys
@@ -29,6 +30,7 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the runs with parameters an
 _LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "ray"], "Where runs execute.")
 _RAY_ADDRESS = flags.DEFINE_string("ray_address", None, "Ray cluster address (None = start a local one).")
 _RETRY_FAILED = flags.DEFINE_bool("retry_failed", True, "Re-run runs that failed before.")
+_SEEDS = flags.DEFINE_list("seeds", None, "Seeds to run (default: the sweep's own); recorded for the report.")
 
 
 def status(run_dir: Path) -> dict:
@@ -98,12 +100,15 @@ def dry_run(sweep: sweeps.Sweep) -> None:
 def main(argv: list[str]) -> None:
     del argv
     sweep = sweeps.load(_SWEEP.value)
+    if _SEEDS.value:
+        sweep = dataclasses.replace(sweep, seeds=[int(seed) for seed in _SEEDS.value])
     if _DRY_RUN.value:
         dry_run(sweep)
         return
     workdir = Path(_WORKDIR.value)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "sweep.json").write_text(json.dumps({"sweep": _SWEEP.value, "name": sweep.name}, indent=2))
+    record = {"sweep": _SWEEP.value, "name": sweep.name, "seeds": sweep.seeds}
+    (workdir / "sweep.json").write_text(json.dumps(record, indent=2))
     runs = prepare(sweep, workdir)
     todo = []
     for _, run_dir in runs:

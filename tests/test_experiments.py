@@ -232,3 +232,11 @@ def test_benchmark_times_every_runner_and_reports_mfu(capsys):
     tokens_per_s, mfu = float(row.split()[2]), float(row.split()[-1].rstrip("%"))
     assert tokens_per_s == pytest.approx(32 / do.median(), rel=0.01)
     assert mfu == pytest.approx(100 * do.flops_per_step / do.median() / 1e9, rel=0.01)
+
+
+def test_seeds_flag_overrides_the_sweeps_seeds(tmp_path):
+    path = tiny_sweep(tmp_path)
+    cmd = [*sweep_cmd(path, tmp_path / "sweep"), "--seeds=3,4", "--dry_run"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "4 runs (2 cells x 2 seeds)" in result.stdout, result.stdout
