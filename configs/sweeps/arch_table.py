@@ -17,6 +17,8 @@ training lengths, and exact match on longer strings (out of length
 distribution).
 """
 
+import dataclasses
+
 from configs import synthetic
 from experiments import sweeps
 from experiments.sweeps import Metric, Sweep, apply, describe_lengths
@@ -60,6 +62,8 @@ def get_sweep(variant: str = "cpu") -> Sweep:
         match="params",
     )
     deep = matched.config.num_layers
+    two_l = dataclasses.replace(matched.config, num_layers=2 * layers)
+    two_l_mismatch = flops.count_params(flops.abstract_params(two_l, sum(lengths) - 1, 0))["total"] / matched.reference - 1
     models = [
         (f"ED {layers}+{layers}", {**ed, "model.num_layers": layers}),
         (f"ED shared {layers}+{layers}", {**ed, "model.num_layers": layers, "model.share_encoder_decoder": True}),
@@ -87,7 +91,9 @@ def get_sweep(variant: str = "cpu") -> Sweep:
         matched=(
             f"FLOPs per example: ED {layers}+{layers} vs DO/PLM {layers} (T5's 'M'); parameters: ED {layers}+{layers} "
             f"vs DO/PLM {deep} (T5's '2P'; {deep} layers is the decoder-only depth closest in parameters, "
-            f"{matched.mismatch:+.1%}). Same data order, steps, batch and optimizer; loss on the same target tokens "
+            f"{matched.mismatch:+.1%}; the literal 2L = {2 * layers} layers would be {two_l_mismatch:+.1%}, since "
+            "a decoder layer with cross-attention holds 16D^2 weights against 12D^2, so L+L = 2L x 7/6, T5's "
+            "'about 10%'). Same data order, steps, batch and optimizer; loss on the same target tokens "
             "for every architecture."
         ),
         example_lengths=lengths,
