@@ -113,6 +113,13 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def _count(x: float | None) -> str:
+    """Counts (parameters, tokens): exact integers below a million, ``1.23M`` above."""
+    if x is None or math.isnan(x) or abs(x) >= 1e6:
+        return _fmt(x)
+    return f"{x:,.0f}"
+
+
 def table(rows: list[dict], sweep: sweeps.Sweep) -> str:
     axes = [name for name, _ in sweep.axes]
     head = [
@@ -132,9 +139,9 @@ def table(rows: list[dict], sweep: sweeps.Sweep) -> str:
             cells.append(f"{_fmt(mean)} ± {_fmt(std)}" if not math.isnan(mean) else "—")
         cells += [
             str(row["seeds"]) + (f" ({row['failed']} failed)" if row["failed"] else ""),
-            _fmt(row["params"]),
+            _count(row["params"]),
             _fmt(row["flops"]),
-            _fmt(row["loss_tokens"]),
+            _count(row["loss_tokens"]),
             _fmt(row["wall_time"], 0),
         ]
         lines.append("| " + " | ".join(cells) + " |")
