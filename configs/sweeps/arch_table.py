@@ -63,7 +63,9 @@ def get_sweep(variant: str = "cpu") -> Sweep:
     )
     deep = matched.config.num_layers
     two_l = dataclasses.replace(matched.config, num_layers=2 * layers)
-    two_l_mismatch = flops.count_params(flops.abstract_params(two_l, sum(lengths) - 1, 0))["total"] / matched.reference - 1
+    two_l_mismatch = (
+        flops.count_params(flops.abstract_params(two_l, sum(lengths) - 1, 0))["total"] / matched.reference - 1
+    )
     models = [
         (f"ED {layers}+{layers}", {**ed, "model.num_layers": layers}),
         (f"ED shared {layers}+{layers}", {**ed, "model.num_layers": layers, "model.share_encoder_decoder": True}),
