@@ -167,16 +167,22 @@ def test_packed_encoder_decoder_streams_share_segment_ids():
         objectives.convert([a, b], "encoder_decoder", tok, rows=1, length=9, encoder_length=9, pack=True)
 
 
+def random_examples(n: int, max_len: int, min_prefix: int = 1, seed: int = 0) -> list[objectives.Example]:
+    """``n`` examples of random tokens: prefixes of ``min_prefix..max_len-1``, continuations of ``2..max_len-1``."""
+    rng = np.random.default_rng(seed)
+    return [
+        objectives.Example(
+            rng.integers(10, 200, size=rng.integers(min_prefix, max_len)),
+            rng.integers(10, 200, size=rng.integers(2, max_len)),
+        )
+        for _ in range(n)
+    ]
+
+
 def test_packing_groups_the_same_examples_into_rows_for_every_architecture():
     """An encoder-decoder's target-only decoder rows must not pack more examples per step than a decoder-only's."""
     tok = ByteTokenizer()
-    rng = np.random.default_rng(0)
-    examples = [
-        objectives.Example(
-            rng.integers(10, 200, size=rng.integers(2, 12)), rng.integers(10, 200, size=rng.integers(2, 12))
-        )
-        for _ in range(40)
-    ]
+    examples = random_examples(40, max_len=12, min_prefix=2)
 
     def rows_of(arch):
         builder = objectives.RowBuilder(arch, tok, rows=4, length=40, encoder_length=40, pack=True)
@@ -233,13 +239,7 @@ def test_packed_rows_never_attend_across_examples_through_the_masks(arch):
     from gpt2_jax import masks
 
     tok = ByteTokenizer()
-    rng = np.random.default_rng(0)
-    examples = [
-        objectives.Example(
-            rng.integers(10, 200, size=rng.integers(1, 5)), rng.integers(10, 200, size=rng.integers(2, 5))
-        )
-        for _ in range(12)
-    ]
+    examples = random_examples(12, max_len=5)
     b = objectives.convert(examples[:3], arch, tok, rows=1, length=32, encoder_length=32, pack=True)
     seg = b["segment_ids"]
     kind = {"prefix_lm": "prefix", "encoder_only": "bidirectional"}.get(arch, "causal")

@@ -121,7 +121,7 @@ def test_translation_trains_every_arch_on_the_same_targets(tmp_path, arch):
     config.eval_batch_size = 256
     config.num_train_steps, config.eval_every_steps, config.checkpoint_every_steps = 4, 4, 4
     results = train.train_and_evaluate(config, tmp_path / arch)
-    assert results["eval"]["validation"]["examples"] == results["eval"]["validation"]["examples"] > 900
+    assert results["eval"]["validation"]["examples"] > 900
     assert set(results["eval"]) == {"validation", "test"}
     assert 0 < results["final_eval_loss"] < 8
 
