@@ -5,7 +5,7 @@ costs ``2nab`` FLOPs; attention scores and the weighted sum cost
 ``4 * T_q * T_k * d`` per layer, counted **in full** for causal masks too, as
 the MFU convention ``6N + 12 L d T`` does (``causal_halved=True`` gives the
 figure a kernel that skips the masked triangle needs: cuDNN's flash attention,
-or :func:`gpt2_jax.model.attend`'s block-causal path on the CPU).  Embedding lookups,
+or :func:`gpt2_jax.attention.attend`'s block-causal path on the CPU).  Embedding lookups,
 LayerNorms, softmaxes and activations are not counted.  A training step costs
 3x the forward pass (backward = 2x forward).  For a decoder-only model this
 is the familiar ``6N + 12 L d T`` per token.

@@ -1,0 +1,104 @@
+"""The CPU attention formulation computes jax.nn.dot_product_attention's function, values and gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt2_jax import attention, masks
+from gpt2_jax.attention import CAUSAL_BLOCK, attend, softmax_attention
+from gpt2_jax.model import Dense, TransformerConfig
+
+
+def qkv(L, S, B=2, N=2, H=8, dtype=jnp.float32):
+    keys = jax.random.split(jax.random.PRNGKey(L * 1000 + S), 4)
+    q = jax.random.normal(keys[0], (B, L, N, H), dtype)
+    k = jax.random.normal(keys[1], (B, S, N, H), dtype)
+    v = jax.random.normal(keys[2], (B, S, N, H), dtype)
+    cot = jax.random.normal(keys[3], (B, L, N, H), jnp.float32)
+    return q, k, v, cot
+
+
+def value_and_grads(f, q, k, v, cot):
+    out = f(q, k, v)
+    grads = jax.grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32) * cot), argnums=(0, 1, 2))(q, k, v)
+    return out, grads
+
+
+def assert_same(f, g, q, k, v, cot, atol=1e-5):
+    (out_f, grads_f), (out_g, grads_g) = value_and_grads(f, q, k, v, cot), value_and_grads(g, q, k, v, cot)
+    np.testing.assert_allclose(np.asarray(out_f, np.float32), np.asarray(out_g, np.float32), atol=atol)
+    for name, a, b in zip("qkv", grads_f, grads_g, strict=True):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=atol, err_msg=name)
+
+
+def reference(mask=None, is_causal=False):
+    return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation="xla")
+
+
+def test_block_causal_attention_equals_full_causal_attention():
+    L = 3 * CAUSAL_BLOCK
+    q, k, v, cot = qkv(L, L)
+    blocked = lambda q, k, v: attend(q, k, v, None, True, "xla")  # noqa: E731
+    assert_same(blocked, reference(masks.causal_mask(L)), q, k, v, cot)
+    jaxpr = str(jax.make_jaxpr(blocked)(q, k, v))
+    assert jaxpr.count("dot_general") == 2 * 3, "one QK and one PV product per query block"
+
+
+def test_prefix_lm_mask_with_padding_rows_that_see_no_key():
+    L = 12
+    bidirectional = jnp.asarray([[1] * 5 + [0] * 7, [1] * 3 + [0] * 9])
+    segment_ids = jnp.asarray([[1] * 9 + [0] * 3, [1] * 4 + [2] * 6 + [0] * 2])  # 0 = padding
+    mask = masks.self_attention_mask("prefix", L, segment_ids, bidirectional)
+    assert not bool(mask[0, 0, -1].any()), "a padding query sees no key"
+    q, k, v, cot = qkv(L, L)
+    assert_same(lambda q, k, v: softmax_attention(q, k, v, mask), reference(mask), q, k, v, cot)
+    assert_same(lambda q, k, v: attend(q, k, v, mask, False, "xla"), reference(mask), q, k, v, cot)
+
+
+def test_cross_attention_and_unmasked_and_causal_rectangles():
+    q, k, v, cot = qkv(6, 10)
+    cross = masks.cross_mask(jnp.asarray([[1] * 4 + [2] * 2] * 2), jnp.asarray([[1] * 7 + [2] * 3] * 2))
+    assert_same(lambda q, k, v: attend(q, k, v, cross, False, "xla"), reference(cross), q, k, v, cot)
+    assert_same(lambda q, k, v: attend(q, k, v, None, False, "xla"), reference(), q, k, v, cot)
+    q, k, v, cot = qkv(10, 10)
+    assert_same(lambda q, k, v: attend(q, k, v, None, True, "xla"), reference(is_causal=True), q, k, v, cot)
+
+
+def test_bfloat16_inputs_give_bfloat16_outputs_and_gradients_close_to_float32():
+    q, k, v, cot = qkv(2 * CAUSAL_BLOCK, 2 * CAUSAL_BLOCK)
+    f = lambda q, k, v: attend(q, k, v, None, True, "xla")  # noqa: E731
+    out, grads = value_and_grads(f, *(t.astype(jnp.bfloat16) for t in (q, k, v)), cot)
+    want_out, want_grads = value_and_grads(reference(is_causal=True), q, k, v, cot)
+    assert out.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in grads)
+    np.testing.assert_allclose(np.asarray(out, np.float32), want_out, atol=0.05)
+    for a, b in zip(grads, want_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(a, np.float32), b, atol=0.1)
+
+
+@pytest.mark.parametrize("backend_is_cpu", [True, False])
+def test_attend_uses_this_formulation_only_on_the_cpu(monkeypatch, backend_is_cpu):
+    monkeypatch.setattr(attention.jax, "default_backend", lambda: "cpu" if backend_is_cpu else "gpu")
+    q, k, v, _ = qkv(4, 4)
+    jaxpr = str(jax.make_jaxpr(lambda q, k, v: attend(q, k, v, None, True, "xla"))(q, k, v))
+    assert ("custom_vjp" in jaxpr) == backend_is_cpu
+
+
+def test_dense_matches_flax_dense_and_its_weight_gradient_contracts_one_axis():
+    cfg = TransformerConfig()
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 8))
+    ours, flax_dense = Dense(3, cfg), nn.Dense(3)
+    params = ours.init(jax.random.PRNGKey(1), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, flax_dense.init(jax.random.PRNGKey(1), x))
+    np.testing.assert_allclose(ours.apply(params, x), flax_dense.apply(params, x), atol=1e-6)
+
+    def loss(module):
+        return lambda p: jnp.sum(jnp.sin(module.apply(p, x)))
+
+    got, want = jax.grad(loss(ours))(params), jax.grad(loss(flax_dense))(params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    jaxpr = jax.make_jaxpr(jax.grad(loss(ours)))(params)
+    contracting = [e.params["dimension_numbers"][0][0] for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert contracting and all(len(dims) == 1 for dims in contracting), contracting
