@@ -10,10 +10,57 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
 
 Array = jnp.ndarray
 Metrics = dict[str, Array]
+
+
+def _max_and_first_index(a: tuple[Array, Array], b: tuple[Array, Array]) -> tuple[Array, Array]:
+    (value_a, index_a), (value_b, index_b) = a, b
+    take_a = (value_a > value_b) | ((value_a == value_b) & (index_a < index_b))
+    return jnp.where(take_a, value_a, value_b), jnp.where(take_a, index_a, index_b)
+
+
+def _token_cross_entropy_fwd(logits_BxLxV: Array, targets_BxL: Array) -> tuple[tuple[Array, Array], tuple]:
+    # One variadic reduce gives the max (for a stable logsumexp) and the argmax
+    # (the first index among equal maxima, as jnp.argmax).
+    max_BxL, argmax_BxL = jax.lax.reduce(
+        (logits_BxLxV, jax.lax.broadcasted_iota(jnp.int32, logits_BxLxV.shape, 2)),
+        (jnp.float32(-jnp.inf), jnp.int32(logits_BxLxV.shape[-1])),
+        _max_and_first_index,
+        (2,),
+    )
+    lse_BxL = max_BxL + jnp.log(jnp.sum(jnp.exp(logits_BxLxV - max_BxL[..., None]), axis=-1))
+    target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+    return (lse_BxL - target_logit_BxL, argmax_BxL), (logits_BxLxV, targets_BxL, lse_BxL)
+
+
+def _token_cross_entropy_bwd(res: tuple, g: tuple[Array, Array]) -> tuple[Array, Array]:
+    logits_BxLxV, targets_BxL, lse_BxL = res
+    g_BxL = g[0]
+    one_hot_BxLxV = jax.lax.broadcasted_iota(jnp.int32, logits_BxLxV.shape, 2) == targets_BxL[..., None]
+    softmax_BxLxV = jnp.exp(logits_BxLxV - lse_BxL[..., None])
+    d_logits_BxLxV = (softmax_BxLxV - one_hot_BxLxV.astype(jnp.float32)) * g_BxL[..., None]
+    return d_logits_BxLxV, np.zeros(targets_BxL.shape, jax.dtypes.float0)
+
+
+@jax.custom_vjp
+def token_cross_entropy(logits_BxLxV: Array, targets_BxL: Array) -> tuple[Array, Array]:
+    """``(loss_BxL, argmax_BxL)``: per-token cross-entropy of float32 logits, and the predicted tokens.
+
+    Written with its derivative, ``(softmax(logits) - one_hot(target)) * g``,
+    so that the backward pass is one elementwise pass over the ``[B, L, V]``
+    logits -- the largest activation of a language model -- which XLA fuses
+    with the rounding to the compute dtype that the output layer's matmuls
+    take.  Automatic differentiation of ``log_softmax`` and a gather adds a
+    scatter and separate passes (on an H200 at GPT-2 124M, batch 32: ~4 ms of
+    a 69 ms step).
+    """
+    return _token_cross_entropy_fwd(logits_BxLxV, targets_BxL)[0]
+
+
+token_cross_entropy.defvjp(_token_cross_entropy_fwd, _token_cross_entropy_bwd)
 
 
 def weighted_cross_entropy(logits_BxLxV: Array, targets_BxL: Array, weights_BxL: Array) -> tuple[Array, Metrics]:
@@ -24,11 +71,11 @@ def weighted_cross_entropy(logits_BxLxV: Array, targets_BxL: Array, weights_BxL:
       ``weight_sum`` (number of weighted tokens) and ``correct_sum`` (weighted
       count of argmax hits).
     """
-    logits_BxLxV = logits_BxLxV.astype(jnp.float32)
     weights_BxL = weights_BxL.astype(jnp.float32)
-    token_loss_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
+    targets_BxL = targets_BxL.astype(jnp.int32)
+    token_loss_BxL, argmax_BxL = token_cross_entropy(logits_BxLxV.astype(jnp.float32), targets_BxL)
     loss_sum = jnp.sum(token_loss_BxL * weights_BxL)
-    correct_BxL = (jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL).astype(jnp.float32)
+    correct_BxL = (argmax_BxL == targets_BxL).astype(jnp.float32)
     metrics = {
         "loss_sum": loss_sum,
         "weight_sum": jnp.sum(weights_BxL),
