@@ -240,3 +240,19 @@ def test_seeds_flag_overrides_the_sweeps_seeds(tmp_path):
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "4 runs (2 cells x 2 seeds)" in result.stdout, result.stdout
+
+
+def test_profile_step_attributes_the_step_time_to_matmuls_attention_and_loss(tmp_path):
+    from experiments import bench, profile_step
+
+    assert profile_step.categorize("dot.3", "jit(f)/transpose(jvp(Transformer))/h_0/mlp/c_fc/transpose") == (
+        "dense matmuls (bwd)"
+    )
+    assert profile_step.categorize("fusion.1", "jit(f)/jvp(Transformer)/h_1/attn/exp") == "attention (fwd)"
+    assert profile_step.categorize("fusion.2", "jit(f)/jvp(Transformer)/h_1/ln_1/mul") == "layernorm (fwd)"
+    shape = bench.Shape(layers=2, width=32, heads=2, context=16, batch=2, vocab=64)
+    step_ms, per_op, per_category = profile_step.profile(bench.ours("decoder_only", shape), 2, str(tmp_path))
+    assert step_ms > 0 and per_op and all(ms >= 0 for ms in per_op.values())
+    for category in ("dense matmuls (fwd)", "dense matmuls (bwd)", "attention (fwd)", "output layer + loss (fwd)"):
+        assert per_category[category] > 0, (category, per_category)
+    assert sum(per_category.values()) == pytest.approx(sum(per_op.values()))
