@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RESULTS ?= results
 
-.PHONY: install run test test-slow lint bench bench-decode clean
+.PHONY: install run test test-slow lint bench bench-decode profile clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: install
 
 bench-decode: install
 	$(PY) -m experiments.bench_decode
+
+# Where the bench's decoder-only train step spends its time (jax.profiler trace, per op and category).
+profile: install
+	$(PY) -m experiments.profile_step
 
 lint: install
 	$(PY) -m ruff check .
