@@ -11,8 +11,10 @@ attention: ``--shape``, ``--batch``, ``--dtype``, ``--steps``), traces a few ste
 
 Operations are named by the compiled module's HLO (``op_name`` metadata); on
 GPUs each kernel is attributed to its HLO operation.  On the CPU XLA runs
-independent operations concurrently and some matmuls asynchronously, so
-per-operation times there are exact only on one core (``taskset -c 0``).
+independent operations concurrently and the weight-gradient matmuls
+asynchronously, so per-operation times overlap and share cores: the
+categories say roughly where the time goes (closest on one core, ``taskset
+-c 0``); compare step times, not operation times, to judge a change.
 The trace itself is kept in ``--trace_dir`` for TensorBoard/Perfetto.
 """
 
