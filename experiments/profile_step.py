@@ -37,7 +37,7 @@ _ARCH = flags.DEFINE_string("arch", "decoder_only", "Architecture (`arch:impl` p
 _TOP = flags.DEFINE_integer("top", 25, "Operations listed.")
 _TRACE_DIR = flags.DEFINE_string("trace_dir", "/tmp/gpt2_jax_profile", "Where the trace is written (replaced).")
 
-_SKIP = ("$", "Thunk", "Slinky", "Pjit", "Threadpool", "end: ")
+_SKIP = ("$", "Thunk", "Slinky", "Pjit", "Threadpool")
 
 
 def categorize(hlo_op: str, op_name: str) -> str:
@@ -115,9 +115,8 @@ def summarize(events: list[dict], names: dict[str, str], steps: int) -> tuple[co
     return per_op, per_category
 
 
-def profile(runner: bench.Runner, steps: int, trace_dir: str) -> tuple[float, collections.Counter, collections.Counter]:
-    """Trace ``steps`` steps of a benchmark runner: (ms per step, ms per HLO op, ms per category)."""
-    names = op_names(runner.hlo_text)
+def profile(runner: bench.Runner, steps: int, trace_dir: str) -> tuple[float, list[dict]]:
+    """Trace ``steps`` steps of a benchmark runner: (ms per step, the trace's events)."""
     for _ in range(2):
         runner.step()
     shutil.rmtree(trace_dir, ignore_errors=True)
@@ -129,8 +128,7 @@ def profile(runner: bench.Runner, steps: int, trace_dir: str) -> tuple[float, co
     jax.profiler.stop_trace()
     trace = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)[0]
     with gzip.open(trace) as f:
-        events = json.load(f)["traceEvents"]
-    return step_ms, *summarize(events, names, steps)
+        return step_ms, json.load(f)["traceEvents"]
 
 
 def main(argv: list[str]) -> None:
@@ -140,8 +138,9 @@ def main(argv: list[str]) -> None:
         shape = bench.dataclasses.replace(shape, batch=bench._BATCH.value)
     arch, impl = bench.parse_runner(_ARCH.value, "cudnn" if jax.default_backend() == "gpu" else "xla")
     runner = bench.ours(arch, shape, bench._DTYPE.value, impl)
-    step_ms, per_op, per_category = profile(runner, bench._STEPS.value, _TRACE_DIR.value)
+    step_ms, events = profile(runner, bench._STEPS.value, _TRACE_DIR.value)
     names = op_names(runner.hlo_text)
+    per_op, per_category = summarize(events, names, bench._STEPS.value)
     print(f"{runner.name}, {shape}: {step_ms:.1f} ms per traced step, {sum(per_op.values()):.1f} ms of operations")
     print(f"\n{'category':32s} {'ms/step':>8s}")
     for category, ms in per_category.most_common():

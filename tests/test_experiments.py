@@ -251,7 +251,9 @@ def test_profile_step_attributes_the_step_time_to_matmuls_attention_and_loss(tmp
     assert profile_step.categorize("fusion.1", "jit(f)/jvp(Transformer)/h_1/attn/exp") == "attention (fwd)"
     assert profile_step.categorize("fusion.2", "jit(f)/jvp(Transformer)/h_1/ln_1/mul") == "layernorm (fwd)"
     shape = bench.Shape(layers=2, width=32, heads=2, context=16, batch=2, vocab=64)
-    step_ms, per_op, per_category = profile_step.profile(bench.ours("decoder_only", shape), 2, str(tmp_path))
+    runner = bench.ours("decoder_only", shape)
+    step_ms, events = profile_step.profile(runner, 2, str(tmp_path))
+    per_op, per_category = profile_step.summarize(events, profile_step.op_names(runner.hlo_text), 2)
     assert step_ms > 0 and per_op and all(ms >= 0 for ms in per_op.values())
     for category in ("dense matmuls (fwd)", "dense matmuls (bwd)", "attention (fwd)", "output layer + loss (fwd)"):
         assert per_category[category] > 0, (category, per_category)

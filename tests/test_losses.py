@@ -13,7 +13,7 @@ def batch(seed=0, V=17):
     logits = jnp.asarray(rng.standard_normal((3, 5, V)) * 3, jnp.float32)
     logits = logits.at[0, 0].set(0.0).at[0, 1, :4].set(9.0)  # ties: argmax takes the first index
     targets = jnp.asarray(rng.integers(0, V, (3, 5)), jnp.int32).at[0, 0].set(V - 1).at[0, 1].set(2)
-    weights = jnp.asarray(rng.random((3, 5)) > 0.3, jnp.float32)
+    weights = jnp.asarray(rng.random((3, 5)) > 0.3, jnp.float32).at[0, :2].set(1.0)  # the ties carry loss
     return logits, targets, weights
 
 
@@ -31,7 +31,10 @@ def test_loss_metrics_and_gradient_equal_optax_and_argmax():
     logits, targets, weights = batch()
     for got, want in zip(ours(logits, targets, weights), reference(logits, targets, weights), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6)
-    assert float(ours(logits, targets, weights)[1]) == float(jnp.sum((jnp.argmax(logits, -1) == targets) * weights))
+    target_is_a_max = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0] == jnp.max(logits, -1)
+    assert float(jnp.sum(target_is_a_max * weights)) == float(reference(logits, targets, weights)[1]) + 2, (
+        "the batch has two weighted ties where the target is a maximum but not the first one"
+    )
     g = jax.grad(lambda x: ours(x, targets, weights)[0])(logits)
     g_want = jax.grad(lambda x: reference(x, targets, weights)[0])(logits)
     np.testing.assert_allclose(g, g_want, atol=1e-6)

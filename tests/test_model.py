@@ -1,5 +1,6 @@
 """The model family: names, initialisation, and causality proven by gradients."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +11,7 @@ from flax import traverse_util
 from gpt2_jax import batch as batch_lib
 from gpt2_jax.data import objectives
 from gpt2_jax.data.tokenizers import ByteTokenizer
-from gpt2_jax.model import Transformer, TransformerConfig
+from gpt2_jax.model import Dense, Transformer, TransformerConfig
 
 TOK = ByteTokenizer()
 
@@ -267,3 +268,22 @@ def test_tied_logits_gradient_is_exact_in_float32_and_runs_bf16_matmuls_in_bf16(
     for a, b in zip(gb, want, strict=True):
         assert a.dtype == jnp.bfloat16
         np.testing.assert_allclose(np.asarray(a, np.float32), b, rtol=0.05, atol=0.1)
+
+
+def test_dense_matches_flax_dense_and_its_weight_gradient_contracts_one_axis():
+    cfg = TransformerConfig()
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 8))
+    ours, flax_dense = Dense(3, cfg), nn.Dense(3)
+    params = ours.init(jax.random.PRNGKey(1), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, flax_dense.init(jax.random.PRNGKey(1), x))
+    np.testing.assert_allclose(ours.apply(params, x), flax_dense.apply(params, x), atol=1e-6)
+
+    def loss(module):
+        return lambda p: jnp.sum(jnp.sin(module.apply(p, x)))
+
+    got, want = jax.grad(loss(ours))(params), jax.grad(loss(flax_dense))(params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    jaxpr = jax.make_jaxpr(jax.grad(loss(ours)))(params)
+    contracting = [e.params["dimension_numbers"][0][0] for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert contracting and all(len(dims) == 1 for dims in contracting), contracting
