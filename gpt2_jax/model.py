@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from gpt2_jax import masks
 from gpt2_jax.attention import attend
+from gpt2_jax.sharding import constrain
 
 Array = jnp.ndarray
 
@@ -120,6 +121,26 @@ def _dense(cfg: TransformerConfig, features: int, name: str, std: float = 0.02) 
 
 def _layer_norm(cfg: TransformerConfig, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name=name)
+
+
+def _rows(x_BxLxD: Array) -> Array:
+    """The residual stream under a mesh: rows split over the batch axes, the width whole (see ``sharding``)."""
+    return constrain(x_BxLxD, "batch", None, None)
+
+
+def _heads(x_BxLxNxH: Array) -> Array:
+    """Per-head activations under a mesh: rows over the batch axes, heads over ``tensor``."""
+    return constrain(x_BxLxNxH, "batch", None, "heads", None)
+
+
+def _lookup(table: nn.Embed, ids_BxL: Array, rows: str | None) -> Array:
+    """``table``'s rows at ``ids`` (``nn.Embed``'s lookup).
+
+    Under a mesh the table is gathered over ``fsdp`` first (``rows`` says how
+    its rows stay split): FSDP moves weights, and a lookup in a table whose
+    width is split would give activations split by width, not by batch.
+    """
+    return jnp.take(constrain(table.embedding, rows, None), ids_BxL, axis=0)
 
 
 def _residual_std(num_layers: int) -> float:
@@ -218,11 +239,11 @@ class SelfAttention(nn.Module):
     ) -> tuple[Array, Cache | None]:
         cfg = self.cfg
         B, L, D = x_BxLxD.shape
-        q, k, v = (t.reshape(B, L, cfg.num_heads, cfg.head_dim) for t in FusedQKV(cfg, name="c_attn")(x_BxLxD))
+        q, k, v = (_heads(t.reshape(B, L, cfg.num_heads, cfg.head_dim)) for t in FusedQKV(cfg, name="c_attn")(x_BxLxD))
         if cache is not None:
             cache = {"k": write_cache(cache["k"], k, index_B), "v": write_cache(cache["v"], v, index_B)}
             k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
-        out_BxLxNxH = attend(q, k, v, mask, is_causal, cfg.attention_impl)
+        out_BxLxNxH = _heads(attend(q, k, v, mask, is_causal, cfg.attention_impl))
         return _dense(cfg, D, "c_proj", _residual_std(self.num_layers))(out_BxLxNxH.reshape(B, L, D)), cache
 
 
@@ -245,13 +266,13 @@ class CrossAttention(nn.Module):
         cfg = self.cfg
         B, S, _ = enc_BxSxD.shape
         kv_BxSx2xNxH = self.c_attn(enc_BxSxD).reshape(B, S, 2, cfg.num_heads, cfg.head_dim)
-        return kv_BxSx2xNxH[:, :, 0], kv_BxSx2xNxH[:, :, 1]
+        return _heads(kv_BxSx2xNxH[:, :, 0]), _heads(kv_BxSx2xNxH[:, :, 1])
 
     def __call__(self, x_BxLxD: Array, kv: tuple[Array, Array], mask: Array | None) -> Array:
         cfg = self.cfg
         B, L, D = x_BxLxD.shape
-        q_BxLxNxH = self.q_attn(x_BxLxD).reshape(B, L, cfg.num_heads, cfg.head_dim)
-        out_BxLxNxH = attend(q_BxLxNxH, kv[0], kv[1], mask, False, cfg.attention_impl)
+        q_BxLxNxH = _heads(self.q_attn(x_BxLxD).reshape(B, L, cfg.num_heads, cfg.head_dim))
+        out_BxLxNxH = _heads(attend(q_BxLxNxH, kv[0], kv[1], mask, False, cfg.attention_impl))
         return self.c_proj(out_BxLxNxH.reshape(B, L, D))
 
 
@@ -263,7 +284,8 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxD: Array) -> Array:
-        h_BxLxF = nn.gelu(_dense(self.cfg, self.cfg.mlp_dim, "c_fc")(x_BxLxD), approximate=True)
+        h_BxLxF = constrain(_dense(self.cfg, self.cfg.mlp_dim, "c_fc")(x_BxLxD), "batch", None, "mlp")
+        h_BxLxF = nn.gelu(h_BxLxF, approximate=True)
         return _dense(self.cfg, x_BxLxD.shape[-1], "c_proj", _residual_std(self.num_layers))(h_BxLxF)
 
 
@@ -308,7 +330,7 @@ class Block(nn.Module):
             h = self.crossattention(self.ln_cross_attn(x_BxLxD), cross_kv, cross_mask)
             x_BxLxD = x_BxLxD + self.dropout(h, deterministic=deterministic)
         h = self.mlp(self.ln_2(x_BxLxD))
-        return x_BxLxD + self.dropout(h, deterministic=deterministic), cache
+        return _rows(x_BxLxD + self.dropout(h, deterministic=deterministic)), cache
 
 
 class Transformer(nn.Module):
@@ -359,15 +381,15 @@ class Transformer(nn.Module):
         name: str,
         vectors_BxLxF: Array | None = None,
     ) -> Array:
-        x_BxLxD = self.wte(tokens_BxL)
+        x_BxLxD = _lookup(self.wte, tokens_BxL, "vocab")
         if vectors_BxLxF is not None:
             x_BxLxD = x_BxLxD + self.wve(vectors_BxLxF)
         if wpe is not None:
-            x_BxLxD = x_BxLxD + wpe(positions_BxL)
+            x_BxLxD = x_BxLxD + _lookup(wpe, positions_BxL, None)
         # Gradients w.r.t. this zero "perturbation" are the gradients w.r.t. the
         # input embeddings; the causality tests read them.  A no-op otherwise.
         x_BxLxD = self.perturb(name, x_BxLxD)
-        return self.dropout(x_BxLxD.astype(self.cfg.compute_dtype), deterministic=deterministic)
+        return _rows(self.dropout(x_BxLxD.astype(self.cfg.compute_dtype), deterministic=deterministic))
 
     def encode(self, batch: Mapping[str, Array], deterministic: bool = True) -> Array:
         """Encoder output ``[B, S, D]`` of an encoder-decoder model (final LayerNorm applied)."""
@@ -447,6 +469,7 @@ class Transformer(nn.Module):
         cfg = self.cfg
         x_BxLxD = self.ln_f(x_BxLxD)
         if cfg.vector_dim:
-            return self.value_head(x_BxLxD)[..., 0].astype(jnp.float32)
+            return constrain(self.value_head(x_BxLxD)[..., 0].astype(jnp.float32), "batch", None)
         # Tied output embedding; logits accumulate and stay in float32.
-        return tied_logits(x_BxLxD.astype(cfg.compute_dtype), self.wte.embedding.astype(cfg.compute_dtype))
+        logits_BxLxV = tied_logits(x_BxLxD.astype(cfg.compute_dtype), self.wte.embedding.astype(cfg.compute_dtype))
+        return constrain(logits_BxLxV, "batch", None, "vocab")

@@ -14,10 +14,20 @@ dimension of a matmul kernel over ``fsdp`` and its output dimension over
 Optimizer moments follow their parameter, because their tree paths end with
 the parameter's path.  ``jax.jit`` gets these shardings explicitly and XLA
 inserts the collectives.
+
+Activations are pinned too (:func:`constrain`, MaxText's "logical axis rules"):
+rows over ``data`` x ``fsdp``, heads / MLP units / vocabulary over ``tensor``,
+the model width unsharded.  Without these hints XLA's sharding propagation
+follows the parameters into the activations: with ``fsdp`` it split the width
+of ``[B, L, D]`` activations like the weights and gathered activations over
+the batch instead of gathering the weights (tests/test_sharding.py: with
+``fsdp=8`` a step moved 23 MB for 0.83 MB of parameters; now 1.7 MB).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -31,6 +41,14 @@ AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 COLUMN_PARALLEL = ("c_attn", "q_attn", "c_fc")  # output dim split over heads / MLP units
+
+# What each kind of activation dimension is split over (see ``constrain``).
+ACTIVATION_AXES: dict[str, tuple[str, ...]] = {
+    "batch": BATCH_AXES,
+    "heads": ("tensor",),
+    "mlp": ("tensor",),
+    "vocab": ("tensor",),
+}
 
 
 def _describe(sizes) -> str:
@@ -117,6 +135,37 @@ def tree_shardings(tree: Any, mesh: Mesh) -> Any:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Rows split over ``data`` x ``fsdp``; sequence dimension replicated."""
     return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def constrain(x: jax.Array, *dims: str | None) -> jax.Array:
+    """Pin the sharding of activation ``x``; ``dims`` names each dimension's kind.
+
+    A kind from ``ACTIVATION_AXES`` ("batch", "heads", "mlp", "vocab") splits its
+    dimension over those mesh axes; ``None`` keeps the dimension whole; a
+    dimension the axes do not divide is left to XLA.  Only a step traced under
+    :func:`traced_on` (the mesh's axes in scope) is constrained; everywhere
+    else (one device, decoding, the bare model) this is the identity.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(AXES) <= set(mesh.axis_names):
+        return x
+    spec = []
+    for size, kind in zip(x.shape, dims, strict=True):
+        axes = ACTIVATION_AXES[kind] if kind else ()
+        shards = int(np.prod([mesh.shape[a] for a in axes]))
+        spec.append(None if not axes else axes if size % shards == 0 else P.UNCONSTRAINED)
+    return jax.lax.with_sharding_constraint(x, P(*spec))
+
+
+def traced_on(mesh: Mesh, fn: Callable) -> Callable:
+    """``fn`` with ``mesh``'s axes in scope while it is traced, so that :func:`constrain` applies inside it."""
+
+    @functools.wraps(fn)
+    def with_mesh_axes(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return with_mesh_axes
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -202,13 +202,18 @@ class Experiment:
         batch_sh = sharding.batch_sharding(self.mesh)
         repl = sharding.replicated(self.mesh)
         self.train_step = jax.jit(
-            functools.partial(train_step, model=self.model, tx=self.tx, accum_steps=config.optimizer.grad_accum_steps),
+            sharding.traced_on(
+                self.mesh,
+                functools.partial(
+                    train_step, model=self.model, tx=self.tx, accum_steps=config.optimizer.grad_accum_steps
+                ),
+            ),
             in_shardings=(self.state_shardings, batch_sh),
             out_shardings=(self.state_shardings, repl),
             donate_argnums=0,
         )
         self.eval_step = jax.jit(
-            functools.partial(eval_step, model=self.model),
+            sharding.traced_on(self.mesh, functools.partial(eval_step, model=self.model)),
             in_shardings=(self.param_shardings, batch_sh),
             out_shardings=repl,
         )
@@ -396,6 +401,14 @@ class Trainer:
         self.config = config
         self.workdir = workdir
         self.exp = Experiment(config)
+        log.info(
+            "process %d of %d: mesh %s over %d devices (%d here)",
+            jax.process_index(),
+            jax.process_count(),
+            dict(self.exp.mesh.shape),
+            self.exp.mesh.size,
+            len(jax.local_devices()),
+        )
         resolved = _resolved_config(config, self.exp.model_config)
         check_workdir(workdir, config.to_dict(), overwrite)
         workdir.mkdir(parents=True, exist_ok=True)  # only once everything above has been checked

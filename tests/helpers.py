@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 
 import ml_collections
@@ -63,3 +65,22 @@ def small_copy_config(arch: str = "encoder_decoder", task: str = "copy"):
     config.num_train_steps = config.eval_every_steps = config.checkpoint_every_steps = 150
     config.optimizer.learning_rate, config.optimizer.min_learning_rate, config.optimizer.warmup_steps = 3e-3, 3e-4, 30
     return config
+
+
+_COLLECTIVE = re.compile(r"= (.+?) (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)\(")
+_ARRAY = re.compile(r"(pred|bf16|[fsu](\d+))\[([\d,]*)\]")
+
+
+def collective_bytes(hlo_text: str) -> Counter:
+    """Bytes that each kind of collective produces per device in a compiled CPU program (``compiled.as_text()``)."""
+    moved: Counter = Counter()
+    for line in hlo_text.splitlines():
+        op = _COLLECTIVE.search(line)
+        if op is None:
+            continue
+        for dtype, bits, dims in _ARRAY.findall(op.group(1)):
+            size = 1
+            for d in filter(None, dims.split(",")):
+                size *= int(d)
+            moved[op.group(2)] += size * (1 if dtype == "pred" else 2 if dtype == "bf16" else int(bits) // 8)
+    return moved
