@@ -41,8 +41,10 @@ from gpt2_jax.model import Transformer, TransformerConfig
 
 log = logging.getLogger(__name__)
 
-# Fields that may change between a run and its resumption: how long it runs
-# and how often it reports, not what it computes.
+# Fields that may change between a run and its resumption: how long it runs,
+# how often it reports, and where and how it computes (the same function on
+# another mesh or machine, with recomputation, fused attention or gradient
+# accumulation: tested equal), not what it computes.
 RESUMABLE_CHANGES = (
     "num_train_steps",
     "eval_every_steps",
@@ -51,6 +53,13 @@ RESUMABLE_CHANGES = (
     "max_checkpoints_to_keep",
     "data.data_dir",
     "data.cache_dir",
+    "mesh.data",
+    "mesh.fsdp",
+    "mesh.tensor",
+    "distributed",
+    "model.remat",
+    "model.attention_impl",
+    "optimizer.grad_accum_steps",
 )
 
 

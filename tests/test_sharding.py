@@ -138,7 +138,8 @@ def test_two_processes_train_like_one_process_over_the_same_mesh(tmp_path):
     Each process has 2 CPU devices and feeds its half of every global batch;
     ``jax.distributed.initialize()`` finds the coordinator, the process count
     and this process's rank from SLURM's variables.  The run must equal one
-    process driving the same (data=2, fsdp=2) mesh over 4 devices.
+    process driving the same (data=2, fsdp=2) mesh over 4 devices, and its
+    checkpoint must resume in one process.
     """
     corpus = write_corpus(tmp_path)
     fields = {
@@ -185,3 +186,13 @@ def test_two_processes_train_like_one_process_over_the_same_mesh(tmp_path):
     assert (two["steps"], two["tokens_seen"]) == (one["steps"], one["tokens_seen"]) == (6, 6 * 8 * 16)
     np.testing.assert_allclose(two["final_eval_loss"], one["final_eval_loss"], rtol=1e-6)
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["3", "6"]
+
+    # The two processes' checkpoint resumes in one process, and goes on as the one-process run does.
+    for run in ("one", "two"):
+        more = subprocess.run(
+            command(tmp_path / run, num_train_steps=9), cwd=REPO, env=env(4), capture_output=True, text=True
+        )
+        assert more.returncode == 0 and "resumed from step 6" in more.stderr, more.stderr[-3000:]
+    one, two = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("one", "two"))
+    assert two["steps"] == one["steps"] == 9
+    np.testing.assert_allclose(two["final_eval_loss"], one["final_eval_loss"], rtol=1e-6)
