@@ -122,6 +122,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh.fsdp = 1  # Fully-sharded data-parallel axis (batch and parameters split).
     config.mesh.tensor = 1  # Tensor-parallel axis (heads and MLP columns split).
     config.distributed = False  # Multi-host: call jax.distributed.initialize() before anything else.
+    # distributed: process 0's "host:port"; "" = from the cluster (SLURM, Open MPI, Kubernetes, Cloud TPU).
+    config.coordinator_address = ""
+    config.num_processes = 0  # distributed: processes in the job; 0 = from the cluster.
+    config.process_id = -1  # distributed: this process's rank, 0 .. num_processes - 1; -1 = from the cluster.
 
     # --- Failure handling ---------------------------------------------------------
     # A non-finite loss or gradient: "stop" the run naming the step (the last good

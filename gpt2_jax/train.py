@@ -57,6 +57,9 @@ RESUMABLE_CHANGES = (
     "mesh.fsdp",
     "mesh.tensor",
     "distributed",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
     "model.remat",
     "model.attention_impl",
     "optimizer.grad_accum_steps",
@@ -603,7 +606,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
     """
     validation.validate(config)
     if config.distributed:
-        jax.distributed.initialize()
+        # Fields left unset are found by JAX in the cluster's environment.
+        jax.distributed.initialize(
+            coordinator_address=config.coordinator_address or None,
+            num_processes=config.num_processes or None,
+            process_id=config.process_id if config.process_id >= 0 else None,
+        )
     trainer = Trainer(config, Path(workdir), overwrite)
     try:
         stopped = trainer.train()

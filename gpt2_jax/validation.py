@@ -27,6 +27,30 @@ def _one_of(value, choices, field: str) -> None:
     _require(value in choices, f"{field}={value!r} is not supported; choose one of {', '.join(map(repr, choices))}")
 
 
+def _validate_processes(config) -> None:
+    explicit = [
+        f"config.{k}"
+        for k, unset in (("coordinator_address", ""), ("num_processes", 0), ("process_id", -1))
+        if config[k] != unset
+    ]
+    if not config.distributed:
+        _require(not explicit, f"{', '.join(explicit)} only apply to a multi-host run: set config.distributed=True")
+        return
+    _require(
+        not config.coordinator_address or ":" in config.coordinator_address,
+        f"config.coordinator_address={config.coordinator_address!r} must be 'host:port' (process 0's host)",
+    )
+    _require(
+        config.num_processes >= 0,
+        f"config.num_processes must be >= 1 (0 = from the cluster), got {config.num_processes}",
+    )
+    if config.num_processes and config.process_id >= 0:
+        _require(
+            config.process_id < config.num_processes,
+            f"config.process_id={config.process_id} must be below config.num_processes={config.num_processes}",
+        )
+
+
 def validate(config) -> None:
     """Check every field of a run config; raise ConfigError on the first problem."""
     m, d, o = config.model, config.data, config.optimizer
@@ -62,6 +86,7 @@ def validate(config) -> None:
             f"(got {m.num_encoder_layers} and {m.num_layers}); set num_encoder_layers=0",
         )
 
+    _validate_processes(config)
     _one_of(d.dataset, DATASETS, "config.data.dataset")
     _one_of(d.tokenizer, TOKENIZERS, "config.data.tokenizer")
     _one_of(d.objective, OBJECTIVES, "config.data.objective")

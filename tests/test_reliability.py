@@ -254,6 +254,12 @@ BAD_INPUTS = {
     "context longer than positions": (_set(**{"model.max_len": 8}), "max_len=8 is shorter than"),
     "batch not divisible by mesh": (_set(**{"mesh.data": 3, "batch_size": 8}), "not divisible by the 3"),
     "mesh larger than the machine": (_set(**{"mesh.data": 16}), "needs 16 devices"),
+    "process rank without distributed": (_set(process_id=1), "set config.distributed=True"),
+    "process rank beyond the job": (
+        _set(distributed=True, num_processes=2, process_id=2),
+        "process_id=2 must be below config.num_processes=2",
+    ),
+    "coordinator without a port": (_set(distributed=True, coordinator_address="host0"), "must be 'host:port'"),
     "accumulation below one": (_set(**{"optimizer.grad_accum_steps": 0}), "grad_accum_steps must be >= 1"),
     "batch not divisible by accumulation": (_set(**{"optimizer.grad_accum_steps": 3}), "not divisible by"),
     "learning rate not positive": (_set(**{"optimizer.learning_rate": 0.0}), "learning_rate must be > 0"),

@@ -132,13 +132,21 @@ def _free_slurm_job_id() -> int:
     raise RuntimeError("no free port in 61440-65535 for the coordinator")
 
 
-def test_two_processes_train_like_one_process_over_the_same_mesh(tmp_path):
-    """The README's multi-host command, as two processes under a (simulated) SLURM step on this machine.
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
 
-    Each process has 2 CPU devices and feeds its half of every global batch;
-    ``jax.distributed.initialize()`` finds the coordinator, the process count
-    and this process's rank from SLURM's variables.  The run must equal one
-    process driving the same (data=2, fsdp=2) mesh over 4 devices, and its
+
+@pytest.mark.parametrize("launcher", ["slurm", "flags"])
+def test_two_processes_train_like_one_process_over_the_same_mesh(tmp_path, launcher):
+    """The README's multi-host commands, as two processes on this machine.
+
+    Each process has 2 CPU devices and feeds its half of every global batch.
+    Under a (simulated) SLURM step ``jax.distributed.initialize()`` finds the
+    coordinator, the process count and the rank in SLURM's variables; on bare
+    machines they are config fields.  The run must equal one process driving
+    the same (data=2, fsdp=2) mesh over 4 devices, and the SLURM run's
     checkpoint must resume in one process.
     """
     corpus = write_corpus(tmp_path)
@@ -166,11 +174,16 @@ def test_two_processes_train_like_one_process_over_the_same_mesh(tmp_path):
     single = subprocess.run(command(tmp_path / "one"), cwd=REPO, env=env(4), capture_output=True, text=True)
     assert single.returncode == 0, single.stderr[-3000:]
     slurm = {"SLURM_JOB_ID": str(_free_slurm_job_id()), "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2"}
+    address = f"localhost:{_free_port()}"
     procs = [
         subprocess.Popen(
-            command(tmp_path / "two", distributed=True),
+            command(tmp_path / "two", distributed=True)
+            if launcher == "slurm"
+            else command(
+                tmp_path / "two", distributed=True, coordinator_address=address, num_processes=2, process_id=rank
+            ),
             cwd=REPO,
-            env=env(2, **slurm, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank)),
+            env=env(2, **slurm, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank)) if launcher == "slurm" else env(2),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -186,6 +199,8 @@ def test_two_processes_train_like_one_process_over_the_same_mesh(tmp_path):
     assert (two["steps"], two["tokens_seen"]) == (one["steps"], one["tokens_seen"]) == (6, 6 * 8 * 16)
     np.testing.assert_allclose(two["final_eval_loss"], one["final_eval_loss"], rtol=1e-6)
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["3", "6"]
+    if launcher != "slurm":
+        return
 
     # The two processes' checkpoint resumes in one process, and goes on as the one-process run does.
     for run in ("one", "two"):
