@@ -73,6 +73,25 @@ def test_fsdp_step_moves_weights_not_activations(tmp_path, arch):
     assert sum(moved.values()) < 2.5 * param_bytes, f"{dict(moved)} for {param_bytes} bytes of parameters"
 
 
+def test_activation_constraints_apply_only_on_a_multi_device_mesh():
+    def specs(fn, x):
+        eqns = jax.make_jaxpr(fn)(x).eqns
+        return [e.params["sharding"].spec for e in eqns if e.primitive.name == "sharding_constraint"]
+
+    def rows_and_heads(x_BxLxN):
+        return sharding.constrain(x_BxLxN, "batch", None, "heads")
+
+    x = np.zeros((8, 3, 6), np.float32)  # heads: 6 is not divisible by tensor=4
+
+    def on(data, fsdp, tensor):
+        mesh = sharding.make_mesh({"data": data, "fsdp": fsdp, "tensor": tensor})
+        return sharding.traced_on(mesh, rows_and_heads)
+
+    assert specs(on(2, 2, 2), x) == [P(("data", "fsdp"), None, "tensor")]
+    assert specs(on(2, 1, 4), x) == [P(("data", "fsdp"), None, P.UNCONSTRAINED)]
+    assert specs(on(1, 1, 1), x) == [] and specs(rows_and_heads, x) == []
+
+
 def test_partition_rules():
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     assert sharding.param_spec(("h_0", "attn", "c_attn", "kernel"), (32, 96), mesh) == P("fsdp", "tensor")
