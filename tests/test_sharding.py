@@ -144,7 +144,7 @@ def _free_slurm_job_id() -> int:
     for job in random.sample(range(4096), 64):
         with socket.socket() as s:
             try:
-                s.bind(("localhost", 61440 + job))
+                s.bind(("127.0.0.1", 61440 + job))
             except OSError:
                 continue
             return job
@@ -153,7 +153,7 @@ def _free_slurm_job_id() -> int:
 
 def _free_port() -> int:
     with socket.socket() as s:
-        s.bind(("localhost", 0))
+        s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
@@ -192,23 +192,23 @@ def test_two_processes_train_like_one_process_over_the_same_mesh(tmp_path, launc
 
     single = subprocess.run(command(tmp_path / "one"), cwd=REPO, env=env(4), capture_output=True, text=True)
     assert single.returncode == 0, single.stderr[-3000:]
-    slurm = {"SLURM_JOB_ID": str(_free_slurm_job_id()), "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2"}
-    address = f"localhost:{_free_port()}"
-    procs = [
-        subprocess.Popen(
-            command(tmp_path / "two", distributed=True)
-            if launcher == "slurm"
-            else command(
-                tmp_path / "two", distributed=True, coordinator_address=address, num_processes=2, process_id=rank
-            ),
-            cwd=REPO,
-            env=env(2, **slurm, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank)) if launcher == "slurm" else env(2),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+    job = _free_slurm_job_id()
+    slurm = {"SLURM_JOB_ID": str(job), "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2"}
+    address = f"127.0.0.1:{61440 + job if launcher == 'slurm' else _free_port()}"
+    bind = {"JAX_COORDINATOR_BIND_ADDRESS": address}  # IPv4 only: JAX's default binds [::]
+
+    def launch(rank: int) -> subprocess.Popen:
+        if launcher == "slurm":  # what srun sets for each task
+            args = command(tmp_path / "two", distributed=True)
+            extra = {**slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
+        else:
+            coordinator = {"coordinator_address": address, "num_processes": 2, "process_id": rank}
+            args, extra = command(tmp_path / "two", distributed=True, **coordinator), {}
+        return subprocess.Popen(
+            args, cwd=REPO, env=env(2, **bind, **extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        for rank in (0, 1)
-    ]
+
+    procs = [launch(rank) for rank in (0, 1)]
     logs = [p.communicate(timeout=300) for p in procs]
     for rank, (p, (_, err)) in enumerate(zip(procs, logs, strict=True)):
         assert p.returncode == 0, err[-3000:]
