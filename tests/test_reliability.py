@@ -314,19 +314,32 @@ def test_overwrite_replaces_a_run_of_another_config(tmp_path):
     assert results["steps"] == 2
 
 
-def test_a_run_resumes_on_another_mesh_and_machine_but_not_as_another_model(tmp_path):
-    """Where and how a step is computed may change on resumption; what it computes may not."""
+def test_workdir_check_lets_a_run_move_to_another_mesh_or_machine_but_not_become_another_model(tmp_path):
+    """Where and how a step is computed may change on resumption; what it computes may not.
+
+    (The resume itself on another process count and mesh is
+    ``test_sharding.test_two_processes_train_like_one_process_over_the_same_mesh``.)
+    """
+    corpus = write_corpus(tmp_path)
     workdir = tmp_path / "run"
-    config = tiny_config(corpus=write_corpus(tmp_path))
     workdir.mkdir()
-    (workdir / "config.json").write_text(json.dumps(config.to_dict()))
-    moved = tiny_config(corpus=write_corpus(tmp_path), distributed=True, **{"mesh.data": 4, "mesh.fsdp": 2})
-    moved.model.remat, moved.model.attention_impl, moved.optimizer.grad_accum_steps = True, "cudnn", 2
+    (workdir / "config.json").write_text(json.dumps(tiny_config(corpus=corpus).to_dict()))
+    launch = {
+        "distributed": True,
+        "coordinator_address": "host0:1234",
+        "num_processes": 2,
+        "process_id": 1,
+        "mesh.data": 4,
+        "mesh.fsdp": 2,
+        "mesh.tensor": 2,
+        "model.remat": True,
+        "model.attention_impl": "cudnn",
+        "optimizer.grad_accum_steps": 2,
+    }
+    moved = tiny_config(corpus=corpus, **launch)
     train.check_workdir(workdir, moved.to_dict(), overwrite=False)
     with pytest.raises(CheckpointError, match=r"model.num_heads: 2 -> 4"):
-        train.check_workdir(
-            workdir, tiny_config(corpus=write_corpus(tmp_path), **{"model.num_heads": 4}).to_dict(), False
-        )
+        train.check_workdir(workdir, tiny_config(corpus=corpus, **{"model.num_heads": 4}).to_dict(), False)
 
 
 def test_cli_reports_errors_in_one_line(tmp_path):

@@ -192,15 +192,15 @@ def test_two_processes_train_like_one_process_over_the_same_mesh(tmp_path, launc
 
     single = subprocess.run(command(tmp_path / "one"), cwd=REPO, env=env(4), capture_output=True, text=True)
     assert single.returncode == 0, single.stderr[-3000:]
-    job = _free_slurm_job_id()
-    slurm = {"SLURM_JOB_ID": str(job), "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2"}
-    address = f"127.0.0.1:{61440 + job if launcher == 'slurm' else _free_port()}"
+    job = _free_slurm_job_id() if launcher == "slurm" else None
+    address = f"127.0.0.1:{_free_port() if job is None else 61440 + job}"  # JAX derives SLURM's port from the job
     bind = {"JAX_COORDINATOR_BIND_ADDRESS": address}  # IPv4 only: JAX's default binds [::]
 
     def launch(rank: int) -> subprocess.Popen:
         if launcher == "slurm":  # what srun sets for each task
             args = command(tmp_path / "two", distributed=True)
-            extra = {**slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
+            extra = {"SLURM_JOB_ID": str(job), "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2"}
+            extra.update(SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank))
         else:
             coordinator = {"coordinator_address": address, "num_processes": 2, "process_id": rank}
             args, extra = command(tmp_path / "two", distributed=True, **coordinator), {}
