@@ -38,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.share_encoder_decoder = False
     config.model.positional = "learned"  # learned | none (no position embedding, Haviv et al. 2022).
     config.model.remat = False  # Recompute block activations in the backward pass to save memory.
+    # Positions whose logits the loss forms at a time (output layer + cross-entropy fused, the [B, L, V]
+    # logits never held whole; gradients formed in the forward pass); 0 = the whole sequence at once.
+    config.model.loss_chunk_len = 128
     config.model.init_from = ""  # Start from GPT-2 weights: a Hugging Face checkpoint folder or hub name ("gpt2").
     config.model.vector_dim = 0  # Real-valued inputs' width; 0 = take it from the data (icl_regression sets it).
 

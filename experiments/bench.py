@@ -42,6 +42,9 @@ _ARCHS = flags.DEFINE_list(
 )
 _ATTENTION = flags.DEFINE_enum("attention_impl", "xla", ["xla", "cudnn"], "Default attention implementation.")
 _BATCH = flags.DEFINE_integer("batch", 0, "Batch size (0 = the shape's).")
+_LOSS_CHUNK = flags.DEFINE_integer(
+    "loss_chunk_len", -1, "Positions per chunk of our fused output layer + loss (-1 = the config's, 0 = all at once)."
+)
 _SHAPE = flags.DEFINE_enum("shape", "small", ["small", "gpt2_124m"], "small: 6x384, ctx 256, batch 8; or GPT-2 124M.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds.")
@@ -124,9 +127,11 @@ class Runner:
         return statistics.median(self.times)
 
 
-def _bench_config(arch: str, shape: Shape, dtype: str, impl: str):
+def _bench_config(arch: str, shape: Shape, dtype: str, impl: str, loss_chunk_len: int = -1):
     config = default.get_config()
     config.model.arch = arch
+    if loss_chunk_len >= 0:
+        config.model.loss_chunk_len = loss_chunk_len
     config.model.attention_impl = impl
     config.model.num_layers = shape.layers
     config.model.num_heads = shape.heads
@@ -136,9 +141,9 @@ def _bench_config(arch: str, shape: Shape, dtype: str, impl: str):
     return config
 
 
-def ours(arch: str, shape: Shape, dtype: str = "float32", impl: str = "xla") -> Runner:
+def ours(arch: str, shape: Shape, dtype: str = "float32", impl: str = "xla", loss_chunk_len: int = -1) -> Runner:
     """Our jitted train step on random tokens of the given shape (an encoder-decoder splits the context in half)."""
-    config = _bench_config(arch, shape, dtype, impl)
+    config = _bench_config(arch, shape, dtype, impl, loss_chunk_len)
     T = shape.context
     dec_len, enc_len = (T // 2, T // 2) if arch == "encoder_decoder" else (T, 0)
     cfg = dataclasses.replace(
@@ -297,7 +302,7 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(os.cpu_count() or 1)  # the same cores XLA's thread pool uses
     peak, source = device_peak(_DTYPE.value)
     specs = [parse_runner(spec, _ATTENTION.value) for spec in _ARCHS.value]
-    runners = [ours(arch, shape, _DTYPE.value, impl) for arch, impl in specs]
+    runners = [ours(arch, shape, _DTYPE.value, impl, _LOSS_CHUNK.value) for arch, impl in specs]
     peers = []
     if _PEER.value:
         peers.append(peer(shape, compiled=False, dtype=_DTYPE.value))
@@ -309,7 +314,7 @@ def main(argv: list[str]) -> None:
         tokens = shape.context * shape.batch
         for ctx in (int(c) for c in _CONTEXTS.value):
             s = dataclasses.replace(shape, context=ctx, batch=max(1, tokens // ctx))
-            runner = ours("decoder_only", s, _DTYPE.value, _ATTENTION.value)
+            runner = ours("decoder_only", s, _DTYPE.value, _ATTENTION.value, _LOSS_CHUNK.value)
             runner.name = f"decoder_only context {ctx} x batch {s.batch}"
             sweep.append(runner)
         interleave(sweep, _ROUNDS.value, _STEPS.value)

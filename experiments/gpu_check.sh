@@ -29,3 +29,6 @@ fi
 timeout 240 "${BENCH[@]}" --batch=16 --attention_impl=cudnn --compile_peer=false \
   --archs=decoder_only,prefix_lm,encoder_decoder,decoder_only:xla 2>&1 | tee "$OUT_DIR/bench_124m_b16.log"
 timeout 150 "${BENCH[@]}" --batch=32 --attention_impl=cudnn --archs=decoder_only 2>&1 | tee "$OUT_DIR/bench_124m_b32.log"
+# The fused output layer + loss over all 1024 positions at once instead of the default chunks.
+timeout 120 "${BENCH[@]}" --batch=32 --attention_impl=cudnn --archs=decoder_only --peer=false --loss_chunk_len=0 \
+  2>&1 | tee "$OUT_DIR/bench_124m_b32_chunk0.log"

@@ -1,4 +1,4 @@
-"""Weighted token cross-entropy and the metrics every step reports.
+"""Losses (the tied output layer's cross-entropy, squared error) and the metrics every step reports.
 
 Metrics are kept as *sums* (loss sum, weight sum, correct-token sum) so that
 they add up exactly across micro-batches, devices and evaluation batches; the
@@ -8,9 +8,13 @@ weighted tokens.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from gpt2_jax.sharding import constrain
 
 Array = jnp.ndarray
 Metrics = dict[str, Array]
@@ -22,73 +26,140 @@ def _max_and_first_index(a: tuple[Array, Array], b: tuple[Array, Array]) -> tupl
     return jnp.where(take_a, value_a, value_b), jnp.where(take_a, index_a, index_b)
 
 
-def _token_cross_entropy_fwd(logits_BxLxV: Array, targets_BxL: Array) -> tuple[tuple[Array, Array], tuple]:
-    # One variadic reduce gives the max (for a stable logsumexp) and the argmax
-    # (the first index among equal maxima, as jnp.argmax).
-    max_BxL, argmax_BxL = jax.lax.reduce(
-        (logits_BxLxV, jax.lax.broadcasted_iota(jnp.int32, logits_BxLxV.shape, 2)),
-        (jnp.float32(-jnp.inf), jnp.int32(logits_BxLxV.shape[-1])),
-        _max_and_first_index,
-        (2,),
+def _in_chunks(a_BxL: Array, chunk_len: int) -> Array:
+    """``[B, L, ...]`` -> ``[n, B, chunk_len, ...]``, the last chunk padded (padding carries no loss weight)."""
+    B, L = a_BxL.shape[:2]
+    n = -(-L // chunk_len)
+    pad = [(0, 0), (0, n * chunk_len - L)] + [(0, 0)] * (a_BxL.ndim - 2)
+    return jnp.swapaxes(jnp.pad(a_BxL, pad).reshape(B, n, chunk_len, *a_BxL.shape[2:]), 0, 1)
+
+
+def _from_chunks(a_nxBxC: Array, L: int) -> Array:
+    """Inverse of :func:`_in_chunks`: ``[n, B, C, ...]`` -> ``[B, L, ...]``."""
+    a_BxnxC = jnp.swapaxes(a_nxBxC, 0, 1)
+    return a_BxnxC.reshape(a_BxnxC.shape[0], -1, *a_BxnxC.shape[3:])[:, :L]
+
+
+def _chunked(
+    x_BxLxD: Array, embedding_VxD: Array, targets_BxL: Array, weights_BxL: Array, chunk_len: int, with_grads: bool
+) -> tuple[Array, Array, Array, Array | None, Array | None]:
+    """Per-token loss and argmax over position chunks, and (``with_grads``) the gradients of the weighted sum.
+
+    Returns ``(token_loss_BxL, argmax_BxL, loss_sum, dx_BxLxD, dembedding_VxD)``,
+    the gradients in float32 (``None`` without ``with_grads``).
+    """
+    B, L, D = x_BxLxD.shape
+    V = embedding_VxD.shape[0]
+    C = min(chunk_len, L) if chunk_len > 0 else L
+
+    def chunk(demb_VxD: Array | None, xs: tuple[Array, Array, Array]):
+        x_BxCxD, t_BxC, w_BxC = xs
+        # One token axis, as in model.Dense: the embedding gradient then contracts one axis.
+        x_TxD = x_BxCxD.reshape(B * C, D)
+        logits_BxCxV = jnp.einsum("td,vd->tv", x_TxD, embedding_VxD, preferred_element_type=jnp.float32)
+        logits_BxCxV = constrain(logits_BxCxV.reshape(B, C, V), "batch", None, "vocab")
+        # One variadic reduce gives the max (for a stable logsumexp) and the
+        # argmax (the first index among equal maxima, as jnp.argmax).
+        max_BxC, argmax_BxC = jax.lax.reduce(
+            (logits_BxCxV, jax.lax.broadcasted_iota(jnp.int32, logits_BxCxV.shape, 2)),
+            (jnp.float32(-jnp.inf), jnp.int32(V)),
+            _max_and_first_index,
+            (2,),
+        )
+        lse_BxC = max_BxC + jnp.log(jnp.sum(jnp.exp(logits_BxCxV - max_BxC[..., None]), axis=-1))
+        target_logit_BxC = jnp.take_along_axis(logits_BxCxV, t_BxC[..., None], axis=-1)[..., 0]
+        loss_BxC = lse_BxC - target_logit_BxC
+        if demb_VxD is None:
+            return None, (loss_BxC, argmax_BxC)
+        # d(sum w * loss)/d logits = w * (softmax - one_hot), rounded to the
+        # compute dtype so that both matmuls run at its rate.  The softmax is
+        # recomputed from the logits: only they and this gradient are live.
+        one_hot_BxCxV = jax.lax.broadcasted_iota(jnp.int32, logits_BxCxV.shape, 2) == t_BxC[..., None]
+        g_BxCxV = (jnp.exp(logits_BxCxV - lse_BxC[..., None]) - one_hot_BxCxV) * w_BxC[..., None]
+        g_TxV = g_BxCxV.reshape(B * C, V).astype(x_BxCxD.dtype)
+        dx_TxD = jnp.einsum("tv,vd->td", g_TxV, embedding_VxD, preferred_element_type=jnp.float32)
+        demb_VxD = demb_VxD + jnp.einsum("tv,td->vd", g_TxV, x_TxD, preferred_element_type=jnp.float32)
+        return demb_VxD, (loss_BxC, argmax_BxC, dx_TxD.reshape(B, C, D))
+
+    xs = (_in_chunks(x_BxLxD, C), _in_chunks(targets_BxL, C), _in_chunks(weights_BxL, C))
+    demb_VxD = jnp.zeros((V, D), jnp.float32) if with_grads else None
+    demb_VxD, outs = jax.lax.scan(chunk, demb_VxD, xs)
+    token_loss_BxL, argmax_BxL = _from_chunks(outs[0], L), _from_chunks(outs[1], L)
+    dx_BxLxD = _from_chunks(outs[2], L) if with_grads else None
+    return token_loss_BxL, argmax_BxL, jnp.sum(token_loss_BxL * weights_BxL), dx_BxLxD, demb_VxD
+
+
+def tied_cross_entropy(
+    x_BxLxD: Array, embedding_VxD: Array, targets_BxL: Array, weights_BxL: Array, chunk_len: int = 0
+) -> tuple[Array, Array]:
+    """The tied output layer and its cross-entropy in one: ``(loss_sum, argmax_BxL)``.
+
+    ``loss_sum = sum(weights * cross_entropy(x @ embedding.T, targets))`` over
+    float32 logits, and ``argmax_BxL`` the predicted tokens.  The ``[B, L, V]``
+    logits -- the largest activation of a language model (GPT-2 124M at batch
+    8 x 1024: 1.6 GB in float32) -- are never held whole: they are formed
+    ``chunk_len`` positions at a time (0 = all at once), and under
+    differentiation each chunk's gradient, ``w * (softmax - one_hot)``, goes
+    straight into the two matmuls that give the gradients of ``x`` and of the
+    embedding (computed in the forward pass, as in Liger Kernel's fused linear
+    cross-entropy; the backward pass only scales them by the incoming
+    cotangent).  That saves the memory of the logits, a second pass over them,
+    and the scatter that automatic differentiation of a gather adds.  The
+    matmuls run in ``x``'s dtype and accumulate in float32 (bf16 compute gets
+    bf16 matmuls in both directions).
+    """
+    targets_BxL, weights_BxL = targets_BxL.astype(jnp.int32), weights_BxL.astype(jnp.float32)
+    dtypes = (x_BxLxD.dtype, embedding_VxD.dtype)
+    return _tied_cross_entropy(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, *dtypes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _tied_cross_entropy(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, x_dtype, emb_dtype):
+    del x_dtype, emb_dtype  # for the backward pass: the cotangents' dtypes
+    _, argmax_BxL, loss_sum, _, _ = _chunked(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, False)
+    return loss_sum, argmax_BxL
+
+
+def _tied_cross_entropy_fwd(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, x_dtype, emb_dtype):
+    del x_dtype, emb_dtype
+    token_loss_BxL, argmax_BxL, loss_sum, dx_BxLxD, demb_VxD = _chunked(
+        x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, True
     )
-    lse_BxL = max_BxL + jnp.log(jnp.sum(jnp.exp(logits_BxLxV - max_BxL[..., None]), axis=-1))
-    target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-    return (lse_BxL - target_logit_BxL, argmax_BxL), (logits_BxLxV, targets_BxL, lse_BxL)
+    return (loss_sum, argmax_BxL), (dx_BxLxD, demb_VxD, token_loss_BxL)
 
 
-def _token_cross_entropy_bwd(res: tuple, g: tuple[Array, Array]) -> tuple[Array, Array]:
-    logits_BxLxV, targets_BxL, lse_BxL = res
-    g_BxL = g[0]
-    one_hot_BxLxV = jax.lax.broadcasted_iota(jnp.int32, logits_BxLxV.shape, 2) == targets_BxL[..., None]
-    softmax_BxLxV = jnp.exp(logits_BxLxV - lse_BxL[..., None])
-    d_logits_BxLxV = (softmax_BxLxV - one_hot_BxLxV.astype(jnp.float32)) * g_BxL[..., None]
-    return d_logits_BxLxV, np.zeros(targets_BxL.shape, jax.dtypes.float0)
+def _tied_cross_entropy_bwd(chunk_len, x_dtype, emb_dtype, residuals, g):
+    del chunk_len
+    dx_BxLxD, demb_VxD, token_loss_BxL = residuals
+    g_loss = g[0]  # the argmax has no gradient
+    return (
+        (g_loss * dx_BxLxD).astype(x_dtype),
+        (g_loss * demb_VxD).astype(emb_dtype),
+        np.zeros(token_loss_BxL.shape, jax.dtypes.float0),
+        g_loss * token_loss_BxL,
+    )
 
 
-@jax.custom_vjp
-def token_cross_entropy(logits_BxLxV: Array, targets_BxL: Array) -> tuple[Array, Array]:
-    """``(loss_BxL, argmax_BxL)``: per-token cross-entropy of float32 logits, and the predicted tokens.
+_tied_cross_entropy.defvjp(_tied_cross_entropy_fwd, _tied_cross_entropy_bwd)
 
-    Written with its derivative, ``(softmax(logits) - one_hot(target)) * g``,
-    so that the backward pass is one elementwise pass over the ``[B, L, V]``
-    logits -- the largest activation of a language model -- which XLA fuses
-    with the rounding to the compute dtype that the output layer's matmuls
-    take.  Automatic differentiation of ``log_softmax`` and a gather adds a
-    scatter and separate passes (on an H200 at GPT-2 124M, batch 32: ~4 ms of
-    a 69 ms step).
+
+def squared_error(predictions_BxL: Array, targets_BxL: Array, weights_BxL: Array) -> Array:
+    """Weighted sum of squared errors (regression outputs)."""
+    return jnp.sum(jnp.square(predictions_BxL - targets_BxL) * weights_BxL.astype(jnp.float32))
+
+
+def metric_sums(loss_sum: Array, predictions_BxL: Array, batch) -> Metrics:
+    """``loss_sum``, ``weight_sum`` (weighted tokens) and ``correct_sum`` (weighted argmax hits) of one batch.
+
+    ``predictions_BxL`` are predicted tokens for ``target_tokens`` and values
+    for ``target_values`` (which have no notion of a correct token).
     """
-    return _token_cross_entropy_fwd(logits_BxLxV, targets_BxL)[0]
-
-
-token_cross_entropy.defvjp(_token_cross_entropy_fwd, _token_cross_entropy_bwd)
-
-
-def weighted_cross_entropy(logits_BxLxV: Array, targets_BxL: Array, weights_BxL: Array) -> tuple[Array, Metrics]:
-    """Sum of per-token cross-entropy (nats) weighted by ``weights_BxL``, and metric sums.
-
-    Returns:
-      ``(loss_sum, metrics)`` where ``metrics`` holds ``loss_sum``,
-      ``weight_sum`` (number of weighted tokens) and ``correct_sum`` (weighted
-      count of argmax hits).
-    """
-    weights_BxL = weights_BxL.astype(jnp.float32)
-    targets_BxL = targets_BxL.astype(jnp.int32)
-    token_loss_BxL, argmax_BxL = token_cross_entropy(logits_BxLxV.astype(jnp.float32), targets_BxL)
-    loss_sum = jnp.sum(token_loss_BxL * weights_BxL)
-    correct_BxL = (argmax_BxL == targets_BxL).astype(jnp.float32)
-    metrics = {
-        "loss_sum": loss_sum,
-        "weight_sum": jnp.sum(weights_BxL),
-        "correct_sum": jnp.sum(correct_BxL * weights_BxL),
-    }
-    return loss_sum, metrics
-
-
-def squared_error(predictions_BxL: Array, targets_BxL: Array, weights_BxL: Array) -> tuple[Array, Metrics]:
-    """Weighted sum of squared errors (regression outputs), with the same metric sums as cross-entropy."""
-    weights_BxL = weights_BxL.astype(jnp.float32)
-    loss_sum = jnp.sum(jnp.square(predictions_BxL - targets_BxL) * weights_BxL)
-    return loss_sum, {"loss_sum": loss_sum, "weight_sum": jnp.sum(weights_BxL), "correct_sum": jnp.zeros(())}
+    weights_BxL = batch["loss_weights"].astype(jnp.float32)
+    if "target_values" in batch:
+        correct_sum = jnp.zeros((), jnp.float32)
+    else:
+        correct_sum = jnp.sum((predictions_BxL == batch["target_tokens"]).astype(jnp.float32) * weights_BxL)
+    return {"loss_sum": loss_sum, "weight_sum": jnp.sum(weights_BxL), "correct_sum": correct_sum}
 
 
 def exact_match(correct_BxL: Array, weights_BxL: Array, segment_ids_BxL: Array | None) -> Metrics:
@@ -112,13 +183,6 @@ def exact_match(correct_BxL: Array, weights_BxL: Array, segment_ids_BxL: Array |
         "examples_sum": jnp.sum(examples.astype(jnp.float32)),
         "exact_sum": jnp.sum((examples & (per_example_errors == 0)).astype(jnp.float32)),
     }
-
-
-def compute(outputs: Array, batch) -> tuple[Array, Metrics]:
-    """The loss of any model output against its batch: cross-entropy on tokens, squared error on values."""
-    if "target_values" in batch:
-        return squared_error(outputs, batch["target_values"], batch["loss_weights"])
-    return weighted_cross_entropy(outputs, batch["target_tokens"], batch["loss_weights"])
 
 
 def summarize(sums: Metrics) -> dict[str, float]:

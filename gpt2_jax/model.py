@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gpt2_jax import masks
+from gpt2_jax import losses, masks
 from gpt2_jax.attention import attend
 from gpt2_jax.sharding import constrain
 
@@ -67,6 +67,7 @@ class TransformerConfig:
     vector_dim: int = 0
     use_bias: bool = True
     layer_norm_epsilon: float = 1e-5
+    loss_chunk_len: int = 128
 
     @classmethod
     def from_config(cls, model_config: Mapping[str, Any]) -> TransformerConfig:
@@ -416,6 +417,30 @@ class Transformer(nn.Module):
         return [block.cross_kv(encoded_BxSxD) for block in self.h]
 
     def __call__(self, batch: Mapping[str, Array], deterministic: bool = True, encoded: Array | None = None) -> Array:
+        """Float32 logits ``[B, L, V]`` (values ``[B, L]`` with ``vector_dim``) at every position of ``batch``."""
+        return self._head(self.features(batch, deterministic, encoded))
+
+    def loss(self, batch: Mapping[str, Array], deterministic: bool = True) -> tuple[Array, Array]:
+        """``(loss_sum, predictions_BxL)`` against the batch's targets: what training and evaluation take.
+
+        Token targets: the weighted cross-entropy sum of the tied output layer,
+        formed ``loss_chunk_len`` positions at a time without holding the
+        logits (:func:`losses.tied_cross_entropy`), and the argmax tokens.
+        Value targets: the weighted squared error and the predicted values.
+        """
+        cfg = self.cfg
+        x_BxLxD = self.features(batch, deterministic)
+        weights_BxL = batch["loss_weights"]
+        if cfg.vector_dim:
+            values_BxL = self._head(x_BxLxD)
+            return losses.squared_error(values_BxL, batch["target_values"], weights_BxL), values_BxL
+        embedding_VxD = self.wte.embedding.astype(cfg.compute_dtype)
+        return losses.tied_cross_entropy(
+            x_BxLxD.astype(cfg.compute_dtype), embedding_VxD, batch["target_tokens"], weights_BxL, cfg.loss_chunk_len
+        )
+
+    def features(self, batch: Mapping[str, Array], deterministic: bool = True, encoded: Array | None = None) -> Array:
+        """The stack's output after the final LayerNorm ``[B, L, D]``: what the output layer reads."""
         cfg = self.cfg
         arch = cfg.arch
         if arch == "encoder_decoder" and encoded is None:
@@ -437,7 +462,7 @@ class Transformer(nn.Module):
             cross_kv = self.cross_kv(encoded)
         for i, block in enumerate(self.h):
             x, _ = block(x, mask, is_causal, deterministic, cross_kv[i] if cross_kv else None, cross)
-        return self._head(x)
+        return self.ln_f(x)
 
     def extend(
         self,
@@ -463,11 +488,11 @@ class Transformer(nn.Module):
             kv = cross_kv[i] if cross_kv is not None else None
             x, layer_cache = block(x, mask, False, True, kv, cross_mask, cache[i], index_B)
             new_cache.append(layer_cache)
-        return self._head(x), new_cache
+        return self._head(self.ln_f(x)), new_cache
 
     def _head(self, x_BxLxD: Array) -> Array:
+        """Logits (or values) of the final LayerNorm's output."""
         cfg = self.cfg
-        x_BxLxD = self.ln_f(x_BxLxD)
         if cfg.vector_dim:
             return constrain(self.value_head(x_BxLxD)[..., 0].astype(jnp.float32), "batch", None)
         # Tied output embedding; logits accumulate and stay in float32.

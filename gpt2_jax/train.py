@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 
 # Fields that may change between a run and its resumption: how long it runs,
 # how often it reports, and where and how it computes (the same function on
-# another mesh or machine, with recomputation, fused attention or gradient
-# accumulation: tested equal), not what it computes.
+# another mesh or machine, with recomputation, fused attention, another loss
+# chunk length or gradient accumulation: tested equal), not what it computes.
 RESUMABLE_CHANGES = (
     "num_train_steps",
     "eval_every_steps",
@@ -61,6 +61,7 @@ RESUMABLE_CHANGES = (
     "num_processes",
     "process_id",
     "model.remat",
+    "model.loss_chunk_len",
     "model.attention_impl",
     "optimizer.grad_accum_steps",
 )
@@ -81,8 +82,10 @@ class TrainState:
 
 
 def _loss_and_metrics(params, batch, model: Transformer, deterministic: bool, dropout_key):
-    outputs = model.apply({"params": params}, batch, deterministic=deterministic, rngs={"dropout": dropout_key})
-    return losses.compute(outputs, batch)
+    loss_sum, predictions = model.apply(
+        {"params": params}, batch, deterministic=deterministic, rngs={"dropout": dropout_key}, method=Transformer.loss
+    )
+    return loss_sum, losses.metric_sums(loss_sum, predictions, batch)
 
 
 def train_step(
@@ -143,10 +146,10 @@ def train_step(
 
 def eval_step(params, batch: dict[str, jax.Array], *, model: Transformer) -> dict[str, jax.Array]:
     """Metric sums of one evaluation batch (no dropout), with exact match for token outputs."""
-    outputs = model.apply({"params": params}, batch)
-    _, sums = losses.compute(outputs, batch)
+    loss_sum, predictions = model.apply({"params": params}, batch, method=Transformer.loss)
+    sums = losses.metric_sums(loss_sum, predictions, batch)
     if "target_values" not in batch:
-        correct = (jnp.argmax(outputs, axis=-1) == batch["target_tokens"]).astype(jnp.float32)
+        correct = (predictions == batch["target_tokens"]).astype(jnp.float32)
         sums.update(losses.exact_match(correct, batch["loss_weights"], batch.get("segment_ids")))
     return sums
 

@@ -64,6 +64,10 @@ def validate(config) -> None:
     )
     for field in ("num_encoder_layers", "mlp_dim", "max_len", "vocab_size"):
         _require(m[field] >= 0, f"config.model.{field} must be >= 0 (0 = automatic), got {m[field]}")
+    _require(
+        m.loss_chunk_len >= 0,
+        f"config.model.loss_chunk_len must be >= 0 (0 = the whole sequence at once), got {m.loss_chunk_len}",
+    )
     _require(0.0 <= m.dropout_rate < 1.0, f"config.model.dropout_rate must be in [0, 1), got {m.dropout_rate}")
     _one_of(m.dtype, tuple(DTYPES), "config.model.dtype")
     _one_of(m.attention_impl, ATTENTION_IMPLS, "config.model.attention_impl")

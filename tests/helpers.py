@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import ml_collections
@@ -84,3 +85,14 @@ def collective_bytes(hlo_text: str) -> Counter:
                 size *= int(d)
             moved[op.group(2)] += size * (1 if dtype == "pred" else 2 if dtype == "bf16" else int(bits) // 8)
     return moved
+
+
+def jaxpr_equations(jaxpr) -> Iterator:
+    """Every equation of a jaxpr, nested ones (custom_vjp, pjit) included."""
+    for e in jaxpr.eqns:
+        yield e
+        for p in e.params.values():
+            for sub in p if isinstance(p, tuple | list) else [p]:
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None:
+                    yield from jaxpr_equations(inner if hasattr(inner, "eqns") else sub.jaxpr)

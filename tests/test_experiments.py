@@ -250,6 +250,10 @@ def test_profile_step_attributes_the_step_time_to_matmuls_attention_and_loss(tmp
     )
     assert profile_step.categorize("fusion.1", "jit(f)/jvp(Transformer)/h_1/attn/exp") == "attention (fwd)"
     assert profile_step.categorize("fusion.2", "jit(f)/jvp(Transformer)/h_1/ln_1/mul") == "layernorm (fwd)"
+    loss_matmul = "jit(f)/jvp(Transformer.loss)/while/body/closed_call/tv,td->vd/dot_general"
+    assert profile_step.categorize("dot.4", loss_matmul) == "output layer + loss (fwd)"
+    stack_matmul = "jit(f)/transpose(jvp(Transformer.loss))/Transformer.features/h_0/attn/c_proj/transpose"
+    assert profile_step.categorize("dot.9", stack_matmul) == "dense matmuls (bwd)"
     shape = bench.Shape(layers=2, width=32, heads=2, context=16, batch=2, vocab=64)
     runner = bench.ours("decoder_only", shape)
     step_ms, events = profile_step.profile(runner, 2, str(tmp_path))

@@ -12,6 +12,7 @@ from gpt2_jax import batch as batch_lib
 from gpt2_jax.data import objectives
 from gpt2_jax.data.tokenizers import ByteTokenizer
 from gpt2_jax.model import Dense, Transformer, TransformerConfig
+from tests.helpers import jaxpr_equations
 
 TOK = ByteTokenizer()
 
@@ -194,6 +195,39 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     np.testing.assert_allclose(logits, ref, atol=0.05)
 
 
+@pytest.mark.parametrize("arch", ["decoder_only", "prefix_lm", "encoder_decoder", "encoder_only"])
+def test_training_loss_equals_the_cross_entropy_of_the_models_logits(arch):
+    # Transformer.loss (what train and eval steps take) fuses the output layer
+    # with the loss over position chunks; 3 does not divide the 10 positions.
+    if arch == "encoder_only":
+        rng = np.random.default_rng(0)
+        b = objectives.mlm_batch(rng.integers(TOK.num_specials, TOK.vocab_size, size=(2, 10)), TOK, 0.3, rng)
+    else:
+        rng = np.random.default_rng(0)
+        windows = rng.integers(TOK.num_specials, TOK.vocab_size, size=(2, 11))
+        b = objectives.lm_batch(windows, np.array([4, 6]), arch, TOK)
+    model = make(arch, loss_chunk_len=3)
+    params = init(model, b)["params"]
+    assert float(np.sum(b["loss_weights"])) > 0
+
+    def fused(p):
+        loss_sum, argmax = model.apply({"params": p}, b, method=Transformer.loss)
+        return loss_sum, argmax
+
+    def from_logits(p):
+        logits = model.apply({"params": p}, b)
+        token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, b["target_tokens"])
+        return jnp.sum(token_loss * b["loss_weights"]), jnp.argmax(logits, -1)
+
+    (loss, argmax), grads = jax.jit(jax.value_and_grad(fused, has_aux=True))(params)
+    (want_loss, want_argmax), want_grads = jax.jit(jax.value_and_grad(from_logits, has_aux=True))(params)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    np.testing.assert_array_equal(argmax, want_argmax)
+    want_grads = traverse_util.flatten_dict(want_grads)
+    for path, g in traverse_util.flatten_dict(grads).items():
+        np.testing.assert_allclose(g, want_grads[path], rtol=1e-4, atol=1e-6, err_msg="/".join(path))
+
+
 def test_remat_changes_nothing_but_memory():
     b = lm_example("prefix_lm")
     plain, remat = make("prefix_lm"), make("prefix_lm", remat=True)
@@ -231,17 +265,6 @@ def test_cudnn_attention_matches_xla_on_gpu(arch):
     np.testing.assert_allclose(xla.apply({"params": params}, b), cudnn.apply({"params": params}, b), atol=5e-2)
 
 
-def _eqns(jaxpr):
-    """Every equation of a jaxpr, nested ones (custom_vjp, pjit) included."""
-    for e in jaxpr.eqns:
-        yield e
-        for p in e.params.values():
-            for sub in p if isinstance(p, tuple | list) else [p]:
-                inner = getattr(sub, "jaxpr", None)
-                if inner is not None:
-                    yield from _eqns(inner if hasattr(inner, "eqns") else sub.jaxpr)
-
-
 def test_tied_logits_gradient_is_exact_in_float32_and_runs_bf16_matmuls_in_bf16():
     from gpt2_jax.model import tied_logits
 
@@ -261,7 +284,7 @@ def test_tied_logits_gradient_is_exact_in_float32_and_runs_bf16_matmuls_in_bf16(
     xb, eb = x.astype(jnp.bfloat16), emb.astype(jnp.bfloat16)
     jaxpr = jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(tied_logits(*a) * cot), argnums=(0, 1)))(xb, eb)
     operand_dtypes = [
-        [str(v.aval.dtype) for v in e.invars] for e in _eqns(jaxpr.jaxpr) if e.primitive.name == "dot_general"
+        [str(v.aval.dtype) for v in e.invars] for e in jaxpr_equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"
     ]
     assert len(operand_dtypes) == 3 and all(d == ["bfloat16", "bfloat16"] for d in operand_dtypes), operand_dtypes
     gb = jax.grad(lambda *a: jnp.sum(tied_logits(*a) * cot), argnums=(0, 1))(xb, eb)

@@ -266,6 +266,7 @@ BAD_INPUTS = {
     "floor above the peak": (_set(**{"optimizer.min_learning_rate": 1.0}), "min_learning_rate must be in"),
     "beta2 out of range": (_set(**{"optimizer.b2": 1.0}), "b2 must be in [0, 1)"),
     "dropout out of range": (_set(**{"model.dropout_rate": 1.5}), "dropout_rate must be in [0, 1)"),
+    "negative loss chunk": (_set(**{"model.loss_chunk_len": -1}), "loss_chunk_len must be >= 0"),
     "unknown dtype": (_set(**{"model.dtype": "float16"}), "config.model.dtype='float16'"),
     "cudnn without a GPU": (_set(**{"model.attention_impl": "cudnn"}), "needs a GPU"),
     "sharing without an encoder": (_set(**{"model.share_encoder_decoder": True}), "needs arch='encoder_decoder'"),
@@ -333,6 +334,7 @@ def test_workdir_check_lets_a_run_move_to_another_mesh_or_machine_but_not_become
         "mesh.fsdp": 2,
         "mesh.tensor": 2,
         "model.remat": True,
+        "model.loss_chunk_len": 7,
         "model.attention_impl": "cudnn",
         "optimizer.grad_accum_steps": 2,
     }
