@@ -158,7 +158,9 @@ def tied_logits(x_BxLxD: Array, embedding_VxD: Array) -> Array:
     its two matmuls.  Without this JAX would multiply a float32 ``[B, L, V]``
     cotangent by a bf16 operand, which XLA runs as a float32 matmul: the
     largest matmuls of a GPT-2 step (a quarter of its FLOPs) at a fraction of
-    the bf16 rate.  In float32 compute nothing changes.
+    the bf16 rate.  In float32 compute nothing changes.  Training takes
+    :func:`losses.tied_cross_entropy` instead, which never forms the whole
+    logits; this serves code that differentiates the logits themselves.
     """
     B, L, D = x_BxLxD.shape
     # One token axis, as in Dense: the embedding gradient then contracts one axis.
@@ -335,7 +337,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """The model.  ``model.apply({"params": p}, batch)`` returns float32 logits ``[B, L, V]``.
+    """The model.  ``model.apply({"params": p}, batch)`` returns float32 logits ``[B, L, V]``;
+    ``model.apply({"params": p}, batch, method=Transformer.loss)`` the loss that training and evaluation take.
 
     With ``vector_dim > 0`` the batch also carries ``input_vectors [B, L, F]``
     (and ``encoder_input_vectors``), and the model returns one real value per
