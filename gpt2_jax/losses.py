@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt2_jax.sharding import constrain
+from gpt2_jax.sharding import constrain, shards
 
 Array = jnp.ndarray
 Metrics = dict[str, Array]
@@ -51,8 +51,20 @@ def _chunked(
     B, L, D = x_BxLxD.shape
     V = embedding_VxD.shape[0]
     C = min(chunk_len, L) if chunk_len > 0 else L
+    # The embedding gradient sums over rows, which a mesh splits over its batch
+    # axes.  Accumulated in one [V, D] carry, it would be all-reduced after every
+    # chunk; with one slot per row shard, sharded like the rows, each device adds
+    # its own rows into its own slot, and the slots are summed once at the end.
+    S = shards("batch") if B % shards("batch") == 0 else 1
 
-    def chunk(demb_VxD: Array | None, xs: tuple[Array, Array, Array]):
+    def add_embedding_grad(demb_SxVxD: Array, g_TxV: Array, x_TxD: Array) -> Array:
+        if S == 1:  # one token axis, as in model.Dense
+            return demb_SxVxD + jnp.einsum("tv,td->vd", g_TxV, x_TxD, preferred_element_type=jnp.float32)[None]
+        g_SxRxV, x_SxRxD = g_TxV.reshape(S, -1, V), x_TxD.reshape(S, -1, D)
+        demb_SxVxD = demb_SxVxD + jnp.einsum("srv,srd->svd", g_SxRxV, x_SxRxD, preferred_element_type=jnp.float32)
+        return constrain(demb_SxVxD, "batch", "vocab", None)
+
+    def chunk(demb_SxVxD: Array | None, xs: tuple[Array, Array, Array]):
         x_BxCxD, t_BxC, w_BxC = xs
         # One token axis, as in model.Dense: the embedding gradient then contracts one axis.
         x_TxD = x_BxCxD.reshape(B * C, D)
@@ -69,7 +81,7 @@ def _chunked(
         lse_BxC = max_BxC + jnp.log(jnp.sum(jnp.exp(logits_BxCxV - max_BxC[..., None]), axis=-1))
         target_logit_BxC = jnp.take_along_axis(logits_BxCxV, t_BxC[..., None], axis=-1)[..., 0]
         loss_BxC = lse_BxC - target_logit_BxC
-        if demb_VxD is None:
+        if demb_SxVxD is None:
             return None, (loss_BxC, argmax_BxC)
         # d(sum w * loss)/d logits = w * (softmax - one_hot), rounded to the
         # compute dtype so that both matmuls run at its rate.  The softmax is
@@ -78,14 +90,15 @@ def _chunked(
         g_BxCxV = (jnp.exp(logits_BxCxV - lse_BxC[..., None]) - one_hot_BxCxV) * w_BxC[..., None]
         g_TxV = g_BxCxV.reshape(B * C, V).astype(x_BxCxD.dtype)
         dx_TxD = jnp.einsum("tv,vd->td", g_TxV, embedding_VxD, preferred_element_type=jnp.float32)
-        demb_VxD = demb_VxD + jnp.einsum("tv,td->vd", g_TxV, x_TxD, preferred_element_type=jnp.float32)
-        return demb_VxD, (loss_BxC, argmax_BxC, dx_TxD.reshape(B, C, D))
+        demb_SxVxD = add_embedding_grad(demb_SxVxD, g_TxV, x_TxD)
+        return demb_SxVxD, (loss_BxC, argmax_BxC, dx_TxD.reshape(B, C, D))
 
     xs = (_in_chunks(x_BxLxD, C), _in_chunks(targets_BxL, C), _in_chunks(weights_BxL, C))
-    demb_VxD = jnp.zeros((V, D), jnp.float32) if with_grads else None
-    demb_VxD, outs = jax.lax.scan(chunk, demb_VxD, xs)
+    demb_SxVxD = constrain(jnp.zeros((S, V, D), jnp.float32), "batch", "vocab", None) if with_grads else None
+    demb_SxVxD, outs = jax.lax.scan(chunk, demb_SxVxD, xs)
     token_loss_BxL, argmax_BxL = _from_chunks(outs[0], L), _from_chunks(outs[1], L)
     dx_BxLxD = _from_chunks(outs[2], L) if with_grads else None
+    demb_VxD = jnp.sum(demb_SxVxD, axis=0) if with_grads else None
     return token_loss_BxL, argmax_BxL, jnp.sum(token_loss_BxL * weights_BxL), dx_BxLxD, demb_VxD
 
 

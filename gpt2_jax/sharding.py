@@ -138,6 +138,20 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def _constraining_mesh() -> jax.sharding.AbstractMesh | None:
+    """The mesh of the step being traced, when it has several devices (see :func:`constrain`)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or not set(AXES) <= set(mesh.axis_names):
+        return None
+    return mesh
+
+
+def shards(kind: str) -> int:
+    """Into how many pieces :func:`constrain` splits a dimension of ``kind`` here (1 where it does not constrain)."""
+    mesh = _constraining_mesh()
+    return 1 if mesh is None else int(np.prod([mesh.shape[a] for a in ACTIVATION_AXES[kind]]))
+
+
 def constrain(x: jax.Array, *dims: str | None) -> jax.Array:
     """Pin the sharding of activation ``x``; ``dims`` names each dimension's kind.
 
@@ -149,8 +163,8 @@ def constrain(x: jax.Array, *dims: str | None) -> jax.Array:
     device the constraints would only cost: they made a small model's step
     15-20% slower on the CPU.
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1 or not set(AXES) <= set(mesh.axis_names):
+    mesh = _constraining_mesh()
+    if mesh is None:
         return x
     spec = []
     for size, kind in zip(x.shape, dims, strict=True):

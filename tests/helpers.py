@@ -87,6 +87,17 @@ def collective_bytes(hlo_text: str) -> Counter:
     return moved
 
 
+def loop_collectives(hlo_text: str) -> list[str]:
+    """The collectives inside loop bodies of a compiled program: they run once per iteration, not once per step."""
+    bodies = set(re.findall(r"while\(.*?body=%?([\w.\-]+)", hlo_text))
+    found = []
+    for computation in re.split(r"\n(?=\S)", hlo_text):
+        header = computation.split("(", 1)[0].split()
+        if header and header[-1].lstrip("%") in bodies:
+            found += [line.strip() for line in computation.splitlines() if _COLLECTIVE.search(line)]
+    return found
+
+
 def jaxpr_equations(jaxpr) -> Iterator:
     """Every equation of a jaxpr, nested ones (custom_vjp, pjit) included."""
     for e in jaxpr.eqns:

@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 from gpt2_jax import checkpointing, sharding, train
 from gpt2_jax.errors import ConfigError
-from tests.helpers import REPO, collective_bytes, tiny_config, write_corpus
+from tests.helpers import REPO, collective_bytes, loop_collectives, tiny_config, write_corpus
 
 ARCHS = ("decoder_only", "prefix_lm", "encoder_decoder", "encoder_only")
 
@@ -39,8 +39,9 @@ def test_eight_fake_devices_are_present():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_one_step_on_a_2x2x2_mesh_equals_one_device(tmp_path, arch):
     corpus = write_corpus(tmp_path)
-    _, single, m1 = one_step(tiny_config(arch, corpus, **mesh_config(1, 1, 1)))
-    exp8, sharded, m8 = one_step(tiny_config(arch, corpus, **mesh_config(2, 2, 2)))
+    chunks = {"model.loss_chunk_len": 5}  # the loss in uneven chunks (16 positions = 5 + 5 + 5 + 1)
+    _, single, m1 = one_step(tiny_config(arch, corpus, **mesh_config(1, 1, 1), **chunks))
+    exp8, sharded, m8 = one_step(tiny_config(arch, corpus, **mesh_config(2, 2, 2), **chunks))
     assert dict(exp8.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
     np.testing.assert_allclose(m8["loss_sum"] / m8["weight_sum"], m1["loss_sum"] / m1["weight_sum"], atol=1e-5)
     for a, b in zip(
@@ -71,6 +72,23 @@ def test_fsdp_step_moves_weights_not_activations(tmp_path, arch):
     param_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(exp.abstract_state.params))
     assert moved["all-gather"] + moved["reduce-scatter"] + moved["all-reduce"] > param_bytes, moved
     assert sum(moved.values()) < 2.5 * param_bytes, f"{dict(moved)} for {param_bytes} bytes of parameters"
+
+
+@pytest.mark.parametrize("mesh", [(8, 1, 1), (1, 8, 1), (2, 4, 1)])
+def test_chunked_loss_communicates_once_per_step_not_once_per_chunk(tmp_path, mesh):
+    """The fused loss's embedding gradient is summed over the row shards after its loop, not inside it.
+
+    Accumulated in one ``[V, D]`` carry it was all-reduced after every chunk
+    (GPT-2 124M, 8 chunks: 8 x 154 MB per step instead of once).
+    """
+    config = tiny_config("decoder_only", write_corpus(tmp_path), **mesh_config(*mesh), **{"model.loss_chunk_len": 4})
+    config.model.num_layers = 1
+    exp = train.Experiment(config)
+    batch = exp.place(next(exp.data.train_iterator()))
+    hlo = exp.train_step.lower(exp.init_state(), batch).compile().as_text()
+    assert " while(" in hlo, "the loss runs as a loop over its 4 chunks"
+    assert loop_collectives(hlo) == []
+    assert collective_bytes(hlo)["all-reduce"] > 0, "the gradients are still reduced, after the loop"
 
 
 def test_activation_constraints_apply_only_on_a_multi_device_mesh():
