@@ -41,6 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Positions whose logits the loss forms at a time (output layer + cross-entropy fused, the [B, L, V]
     # logits never held whole; gradients formed in the forward pass); 0 = the whole sequence at once.
     config.model.loss_chunk_len = 128
+    # Token-table rows rounded up to a multiple of this (nanoGPT: 50257 -> 50304 for GPT-2); the padded rows are
+    # never predicted. Faster matmul shapes on accelerators, and a tensor mesh axis can split the vocabulary.
+    config.model.pad_vocab_to = 1
     config.model.init_from = ""  # Start from GPT-2 weights: a Hugging Face checkpoint folder or hub name ("gpt2").
     config.model.vector_dim = 0  # Real-valued inputs' width; 0 = take it from the data (icl_regression sets it).
 

@@ -20,6 +20,7 @@ def get_config(mode: str = "scratch"):
     config.model.num_heads = 12
     config.model.emb_dim = 768
     config.model.dtype = "bfloat16"
+    config.model.pad_vocab_to = 64  # 50257 -> 50304 token-table rows, as nanoGPT
     config.model.dropout_rate = 0.0
     config.batch_size = 8
     config.eval_batch_size = 8

@@ -59,7 +59,7 @@ def _cross_attention(Tq: int, Tk: int, D: int) -> float:
 
 def forward_flops(cfg: TransformerConfig, decoder_len: int, encoder_len: int = 0, causal_halved: bool = False) -> float:
     """Forward-pass FLOPs of one example: ``decoder_len`` positions (and ``encoder_len`` encoder positions)."""
-    D, F, V = cfg.emb_dim, cfg.mlp_dim, cfg.vocab_size
+    D, F, V = cfg.emb_dim, cfg.mlp_dim, cfg.table_rows
     T = decoder_len
     causal = causal_halved and cfg.arch != "encoder_only"
     flops = cfg.num_layers * _self_attention_block(T, D, F, causal)

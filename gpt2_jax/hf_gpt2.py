@@ -32,8 +32,8 @@ SIZES = {
 HUB_NAMES = {"124m": "gpt2", "355m": "gpt2-medium", "774m": "gpt2-large", "1.5b": "gpt2-xl"}
 
 
-def config_from_hf(hf: dict[str, Any]) -> TransformerConfig:
-    """Our decoder-only config for a Hugging Face GPT-2 ``config.json``."""
+def config_from_hf(hf: dict[str, Any], pad_vocab_to: int = 1) -> TransformerConfig:
+    """Our decoder-only config for a Hugging Face GPT-2 ``config.json`` (token table padded to ``pad_vocab_to``)."""
     activation = hf.get("activation_function", "gelu_new")
     if activation not in ("gelu_new", "gelu_pytorch_tanh"):
         raise CheckpointError(f"GPT-2 checkpoint uses activation {activation!r}; only GPT-2's tanh GELU is supported")
@@ -48,6 +48,7 @@ def config_from_hf(hf: dict[str, Any]) -> TransformerConfig:
         mlp_dim=hf.get("n_inner") or 4 * width,
         max_len=hf["n_positions"],
         layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+        pad_vocab_to=pad_vocab_to,
     )
 
 
@@ -120,8 +121,12 @@ def _resolve(path_or_name: str) -> Path:
         ) from None
 
 
-def load(path_or_name: str) -> tuple[TransformerConfig, dict[str, Any]]:
-    """Import a Hugging Face GPT-2 checkpoint: ``(config, params)`` for our decoder-only model."""
+def load(path_or_name: str, pad_vocab_to: int = 1) -> tuple[TransformerConfig, dict[str, Any]]:
+    """Import a Hugging Face GPT-2 checkpoint: ``(config, params)`` for our decoder-only model.
+
+    With ``pad_vocab_to`` the token table gets zero rows up to the next
+    multiple (the model masks them out of its predictions).
+    """
     from safetensors.numpy import load_file
 
     folder = _resolve(path_or_name)
@@ -130,12 +135,14 @@ def load(path_or_name: str) -> tuple[TransformerConfig, dict[str, Any]]:
             raise CheckpointError(
                 f"{folder} has no {name}; a GPT-2 checkpoint folder needs config.json and model.safetensors"
             )
-    cfg = config_from_hf(json.loads((folder / "config.json").read_text()))
+    cfg = config_from_hf(json.loads((folder / "config.json").read_text()), pad_vocab_to)
     flat = {}
     for name, tensor in load_file(str(folder / "model.safetensors")).items():
         path = _our_path(name)
         if path is not None:
             flat[path] = np.asarray(tensor, np.float32)
+    wte = flat[("wte", "embedding")]
+    flat[("wte", "embedding")] = np.pad(wte, [(0, cfg.table_rows - len(wte)), (0, 0)])
     return cfg, traverse_util.unflatten_dict(flat)
 
 
@@ -147,6 +154,7 @@ def save(params: dict[str, Any], cfg: TransformerConfig, folder: str | Path) -> 
     folder.mkdir(parents=True, exist_ok=True)
     hf_config = config_to_hf(cfg)
     flat = traverse_util.flatten_dict(params)
+    flat[("wte", "embedding")] = np.asarray(flat[("wte", "embedding")])[: cfg.vocab_size]  # without padded rows
     tensors = {_hf_name(path): np.ascontiguousarray(np.asarray(v, np.float32)) for path, v in flat.items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(hf_config, indent=2))

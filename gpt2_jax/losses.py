@@ -26,6 +26,19 @@ def _max_and_first_index(a: tuple[Array, Array], b: tuple[Array, Array]) -> tupl
     return jnp.where(take_a, value_a, value_b), jnp.where(take_a, index_a, index_b)
 
 
+# What a padded vocabulary entry's logit becomes: exp() of it minus any real
+# logit is 0, and unlike -inf it gives no NaN where a caller multiplies it by 0.
+PADDED_LOGIT = -0.7 * float(np.finfo(np.float32).max)
+
+
+def mask_padded_vocab(logits_BxLxV: Array, vocab_size: int) -> Array:
+    """``logits`` with the entries past the real ``vocab_size`` (a padded token table's rows) set to PADDED_LOGIT."""
+    if logits_BxLxV.shape[-1] == vocab_size:
+        return logits_BxLxV
+    real = jax.lax.broadcasted_iota(jnp.int32, logits_BxLxV.shape, logits_BxLxV.ndim - 1) < vocab_size
+    return jnp.where(real, logits_BxLxV, PADDED_LOGIT)
+
+
 def _in_chunks(a_BxL: Array, chunk_len: int) -> Array:
     """``[B, L, ...]`` -> ``[n, B, chunk_len, ...]``, the last chunk padded (padding carries no loss weight)."""
     B, L = a_BxL.shape[:2]
@@ -41,7 +54,13 @@ def _from_chunks(a_nxBxC: Array, L: int) -> Array:
 
 
 def _chunked(
-    x_BxLxD: Array, embedding_VxD: Array, targets_BxL: Array, weights_BxL: Array, chunk_len: int, with_grads: bool
+    x_BxLxD: Array,
+    embedding_VxD: Array,
+    targets_BxL: Array,
+    weights_BxL: Array,
+    chunk_len: int,
+    vocab_size: int,
+    with_grads: bool,
 ) -> tuple[Array, Array, Array, Array | None, Array | None]:
     """Per-token loss and argmax over position chunks, and (``with_grads``) the gradients of the weighted sum.
 
@@ -69,7 +88,7 @@ def _chunked(
         # One token axis, as in model.Dense: the embedding gradient then contracts one axis.
         x_TxD = x_BxCxD.reshape(B * C, D)
         logits_BxCxV = jnp.einsum("td,vd->tv", x_TxD, embedding_VxD, preferred_element_type=jnp.float32)
-        logits_BxCxV = constrain(logits_BxCxV.reshape(B, C, V), "batch", None, "vocab")
+        logits_BxCxV = constrain(mask_padded_vocab(logits_BxCxV.reshape(B, C, V), vocab_size), "batch", None, "vocab")
         # One variadic reduce gives the max (for a stable logsumexp) and the
         # argmax (the first index among equal maxima, as jnp.argmax).
         max_BxC, argmax_BxC = jax.lax.reduce(
@@ -103,7 +122,12 @@ def _chunked(
 
 
 def tied_cross_entropy(
-    x_BxLxD: Array, embedding_VxD: Array, targets_BxL: Array, weights_BxL: Array, chunk_len: int = 0
+    x_BxLxD: Array,
+    embedding_VxD: Array,
+    targets_BxL: Array,
+    weights_BxL: Array,
+    chunk_len: int = 0,
+    vocab_size: int | None = None,
 ) -> tuple[Array, Array]:
     """The tied output layer and its cross-entropy in one: ``(loss_sum, argmax_BxL)``.
 
@@ -119,30 +143,34 @@ def tied_cross_entropy(
     cotangent).  That saves the memory of the logits, a second pass over them,
     and the scatter that automatic differentiation of a gather adds.  The
     matmuls run in ``x``'s dtype and accumulate in float32 (bf16 compute gets
-    bf16 matmuls in both directions).
+    bf16 matmuls in both directions).  With ``vocab_size`` below the
+    embedding's rows, the rows past it (padding) are never predicted.
     """
+    vocab_size = embedding_VxD.shape[0] if vocab_size is None else vocab_size
     targets_BxL, weights_BxL = targets_BxL.astype(jnp.int32), weights_BxL.astype(jnp.float32)
     dtypes = (x_BxLxD.dtype, embedding_VxD.dtype)
-    return _tied_cross_entropy(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, *dtypes)
+    return _tied_cross_entropy(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size, *dtypes)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _tied_cross_entropy(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, x_dtype, emb_dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _tied_cross_entropy(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size, x_dtype, emb_dtype):
     del x_dtype, emb_dtype  # for the backward pass: the cotangents' dtypes
-    _, argmax_BxL, loss_sum, _, _ = _chunked(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, False)
+    args = (x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size)
+    _, argmax_BxL, loss_sum, _, _ = _chunked(*args, with_grads=False)
     return loss_sum, argmax_BxL
 
 
-def _tied_cross_entropy_fwd(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, x_dtype, emb_dtype):
+def _tied_cross_entropy_fwd(
+    x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size, x_dtype, emb_dtype
+):
     del x_dtype, emb_dtype
-    token_loss_BxL, argmax_BxL, loss_sum, dx_BxLxD, demb_VxD = _chunked(
-        x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, True
-    )
+    args = (x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size)
+    token_loss_BxL, argmax_BxL, loss_sum, dx_BxLxD, demb_VxD = _chunked(*args, with_grads=True)
     return (loss_sum, argmax_BxL), (dx_BxLxD, demb_VxD, token_loss_BxL)
 
 
-def _tied_cross_entropy_bwd(chunk_len, x_dtype, emb_dtype, residuals, g):
-    del chunk_len
+def _tied_cross_entropy_bwd(chunk_len, vocab_size, x_dtype, emb_dtype, residuals, g):
+    del chunk_len, vocab_size
     dx_BxLxD, demb_VxD, token_loss_BxL = residuals
     g_loss = g[0]  # the argmax has no gradient
     return (

@@ -68,6 +68,7 @@ class TransformerConfig:
     use_bias: bool = True
     layer_norm_epsilon: float = 1e-5
     loss_chunk_len: int = 128
+    pad_vocab_to: int = 1
 
     @classmethod
     def from_config(cls, model_config: Mapping[str, Any]) -> TransformerConfig:
@@ -86,6 +87,17 @@ class TransformerConfig:
     @property
     def head_dim(self) -> int:
         return self.emb_dim // self.num_heads
+
+    @property
+    def table_rows(self) -> int:
+        """Rows of the token table: the vocabulary rounded up to a multiple of ``pad_vocab_to``.
+
+        The padded rows are never input tokens and never predicted: the logits
+        mask them out.  Padding (GPT-2: 50257 -> 50304) gives the output layer
+        matmul shapes that accelerators run faster and lets a ``tensor`` mesh axis
+        split the vocabulary.
+        """
+        return -(-self.vocab_size // self.pad_vocab_to) * self.pad_vocab_to
 
 
 class Dense(nn.Module):
@@ -354,7 +366,7 @@ class Transformer(nn.Module):
         cfg = self.cfg
         block = nn.remat(Block, static_argnums=(3, 4)) if cfg.remat else Block
         init = nn.initializers.normal(stddev=0.02)
-        self.wte = nn.Embed(cfg.vocab_size, cfg.emb_dim, embedding_init=init, param_dtype=jnp.float32)
+        self.wte = nn.Embed(cfg.table_rows, cfg.emb_dim, embedding_init=init, param_dtype=jnp.float32)
         self.h = [block(cfg, cfg.num_layers, name=f"h_{i}") for i in range(cfg.num_layers)]
         self.ln_f = _layer_norm(cfg, "ln_f")
         if cfg.positional == "learned":
@@ -438,8 +450,10 @@ class Transformer(nn.Module):
             values_BxL = self._head(x_BxLxD)
             return losses.squared_error(values_BxL, batch["target_values"], weights_BxL), values_BxL
         embedding_VxD = self.wte.embedding.astype(cfg.compute_dtype)
+        x_BxLxD = x_BxLxD.astype(cfg.compute_dtype)
+        targets_BxL = batch["target_tokens"]
         return losses.tied_cross_entropy(
-            x_BxLxD.astype(cfg.compute_dtype), embedding_VxD, batch["target_tokens"], weights_BxL, cfg.loss_chunk_len
+            x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, cfg.loss_chunk_len, cfg.vocab_size
         )
 
     def features(self, batch: Mapping[str, Array], deterministic: bool = True, encoded: Array | None = None) -> Array:
@@ -500,4 +514,4 @@ class Transformer(nn.Module):
             return constrain(self.value_head(x_BxLxD)[..., 0].astype(jnp.float32), "batch", None)
         # Tied output embedding; logits accumulate and stay in float32.
         logits_BxLxV = tied_logits(x_BxLxD.astype(cfg.compute_dtype), self.wte.embedding.astype(cfg.compute_dtype))
-        return constrain(logits_BxLxV, "batch", None, "vocab")
+        return constrain(losses.mask_padded_vocab(logits_BxLxV, cfg.vocab_size), "batch", None, "vocab")

@@ -255,7 +255,7 @@ class Experiment:
             return state
         from gpt2_jax import hf_gpt2
 
-        _, pretrained = hf_gpt2.load(self.config.model.init_from)
+        _, pretrained = hf_gpt2.load(self.config.model.init_from, self.model_config.pad_vocab_to)
         expected = checkpointing.signature(self.model_config.arch, pretrained, self.model_config.vocab_size)
         diffs = checkpointing.signature_diff(expected, self.signature)
         if diffs:

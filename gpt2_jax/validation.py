@@ -64,6 +64,7 @@ def validate(config) -> None:
     )
     for field in ("num_encoder_layers", "mlp_dim", "max_len", "vocab_size"):
         _require(m[field] >= 0, f"config.model.{field} must be >= 0 (0 = automatic), got {m[field]}")
+    _require(m.pad_vocab_to >= 1, f"config.model.pad_vocab_to must be >= 1 (1 = no padding), got {m.pad_vocab_to}")
     _require(
         m.loss_chunk_len >= 0,
         f"config.model.loss_chunk_len must be >= 0 (0 = the whole sequence at once), got {m.loss_chunk_len}",

@@ -57,10 +57,12 @@ def test_import_matches_transformers_logits_and_greedy(tmp_path):
 
 def test_export_loads_back_into_transformers(tmp_path):
     ref, folder = reference_model(tmp_path)
-    cfg, params = hf_gpt2.load(str(folder))
+    cfg, params = hf_gpt2.load(str(folder), pad_vocab_to=64)  # the table padded on import, stripped on export
+    assert params["wte"]["embedding"].shape == (128, 32) and not params["wte"]["embedding"][100:].any()
+    ids = np.random.default_rng(1).integers(0, 100, (2, 24))
+    assert np.abs(logits_of(params, ids, cfg)[..., :100] - logits_of(ref, ids)).max() <= 1e-4
     out = hf_gpt2.save(params, cfg, tmp_path / "exported")
     again = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
-    ids = np.random.default_rng(1).integers(0, 100, (2, 24))
     assert np.abs(logits_of(again, ids) - logits_of(ref, ids)).max() <= 1e-4
     assert json.loads((out / "config.json").read_text())["n_layer"] == 2
 
@@ -91,12 +93,16 @@ def test_fine_tuning_starts_from_imported_weights(tmp_path):
     config.model.num_layers, config.model.emb_dim, config.model.num_heads = 2, 32, 4
     config.model.max_len = 64
     config.model.init_from = str(folder)
+    config.model.pad_vocab_to = 64  # as configs/gpt2_124m.py: 50257 -> 50304 rows
     exp = train.Experiment(config)
     state = exp.init_state()
     _, imported = hf_gpt2.load(str(folder))
     np.testing.assert_array_equal(
         np.asarray(state.params["h_1"]["mlp"]["c_fc"]["kernel"]), imported["h_1"]["mlp"]["c_fc"]["kernel"]
     )
+    table = np.asarray(state.params["wte"]["embedding"])
+    assert table.shape == (50304, 32) and not table[50257:].any()
+    np.testing.assert_array_equal(table[:50257], imported["wte"]["embedding"])
     config.model.num_layers = 3
     with pytest.raises(CheckpointError, match="does not fit this model"):
         train.Experiment(config).init_state()

@@ -9,6 +9,7 @@ import pytest
 from flax import traverse_util
 
 from gpt2_jax import batch as batch_lib
+from gpt2_jax import losses
 from gpt2_jax.data import objectives
 from gpt2_jax.data.tokenizers import ByteTokenizer
 from gpt2_jax.model import Dense, Transformer, TransformerConfig
@@ -226,6 +227,33 @@ def test_training_loss_equals_the_cross_entropy_of_the_models_logits(arch):
     want_grads = traverse_util.flatten_dict(want_grads)
     for path, g in traverse_util.flatten_dict(grads).items():
         np.testing.assert_allclose(g, want_grads[path], rtol=1e-4, atol=1e-6, err_msg="/".join(path))
+
+
+def test_padded_vocabulary_is_never_predicted_and_gets_no_gradient():
+    b = lm_example("decoder_only", length=10)
+    V = TOK.vocab_size
+    model = make("decoder_only", pad_vocab_to=64, loss_chunk_len=3)
+    params = init(model, b)["params"]
+    assert params["wte"]["embedding"].shape[0] == model.cfg.table_rows == -(-V // 64) * 64 > V
+    logits = model.apply({"params": params}, b)
+    assert logits.shape[-1] == model.cfg.table_rows
+    assert bool(jnp.all(logits[..., V:] == losses.PADDED_LOGIT))
+
+    def fused(p):
+        return model.apply({"params": p}, b, method=Transformer.loss)
+
+    def over_real_columns(p):
+        real = model.apply({"params": p}, b)[..., :V]
+        token_loss = optax.softmax_cross_entropy_with_integer_labels(real, b["target_tokens"])
+        return jnp.sum(token_loss * b["loss_weights"]), jnp.argmax(real, -1)
+
+    (loss, argmax), grads = jax.value_and_grad(fused, has_aux=True)(params)
+    (want, want_argmax), want_grads = jax.value_and_grad(over_real_columns, has_aux=True)(params)
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    np.testing.assert_array_equal(argmax, want_argmax)
+    table_grad = grads["wte"]["embedding"]
+    np.testing.assert_allclose(table_grad, want_grads["wte"]["embedding"], rtol=1e-4, atol=1e-6)
+    assert not bool(jnp.any(table_grad[V:])), "padded rows are never looked up nor predicted"
 
 
 def test_remat_changes_nothing_but_memory():

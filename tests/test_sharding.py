@@ -80,12 +80,13 @@ def test_chunked_loss_moves_no_weight_gradient_inside_its_loop(tmp_path, mesh):
 
     Accumulated in one ``[V, D]`` carry it was all-reduced after every chunk
     (GPT-2 124M, 8 chunks: 8 x 154 MB per step instead of once).  With the
-    vocabulary split over ``tensor`` (byte tokenizer, one sentinel: 262 tokens) the loop
+    vocabulary split over ``tensor`` (byte tokenizer: 261 tokens, padded to 262) the loop
     exchanges only per-token values (Megatron's vocabulary-parallel
     cross-entropy: maxima, sums, partial input gradients).
     """
     config = tiny_config("decoder_only", write_corpus(tmp_path), **mesh_config(*mesh), **{"model.loss_chunk_len": 4})
-    config.model.num_layers, config.data.tokenizer, config.data.num_sentinels = 1, "byte", 1  # 262 tokens
+    config.model.num_layers, config.data.tokenizer = 1, "byte"
+    config.model.pad_vocab_to = 2  # 261 tokens, 262 rows: tensor=2 splits the vocabulary
     exp = train.Experiment(config)
     batch = exp.place(next(exp.data.train_iterator()))
     hlo = exp.train_step.lower(exp.init_state(), batch).compile().as_text()
