@@ -12,9 +12,17 @@ GENERATIVE = ("decoder_only", "prefix_lm", "encoder_decoder")
 V, EOS, BOS, PAD = 40, 2, 1, 0
 
 
-def model_and_params(arch: str, seed: int = 0):
+def model_and_params(arch: str, seed: int = 0, **overrides):
     cfg = TransformerConfig(
-        arch=arch, vocab_size=V, num_layers=2, num_encoder_layers=2, num_heads=2, emb_dim=32, mlp_dim=64, max_len=32
+        arch=arch,
+        vocab_size=V,
+        num_layers=2,
+        num_encoder_layers=2,
+        num_heads=2,
+        emb_dim=32,
+        mlp_dim=64,
+        max_len=32,
+        **overrides,
     )
     model = Transformer(cfg)
     b = full_batch(arch, np.full((1, 4), 5, np.int32), prefix=2, source=np.full((1, 3), 5, np.int32))
@@ -148,6 +156,27 @@ def test_top_k_and_top_p_never_sample_outside_their_sets():
     assert np.mean(top2 == 0) == pytest.approx(0.4 / 0.65, abs=0.03), "renormalised within the set"
     filtered = decoding.filter_logits(logits, 0, 0.3)
     assert int((filtered > decoding.NEG_INF).sum()) == 1, "the top token is always kept"
+
+
+def test_a_padded_vocabulary_is_never_sampled():
+    model, params = model_and_params("decoder_only", pad_vocab_to=64)
+    table = params["wte"]["embedding"]
+    # Padded rows that would win every argmax if the model did not mask them.
+    params["wte"]["embedding"] = table.at[V:].set(100.0 * jnp.sign(table[:V].mean(0)))
+    prompts = decoding.pad_prompts([np.array([7, 8]), np.array([5])], PAD)
+    for temperature, top_k, top_p in ((0.0, 0, 1.0), (1.0, 0, 1.0), (2.0, 0, 1.0), (1.0, 5, 0.9)):
+        tokens, _ = decoding.generate(
+            params,
+            prompts,
+            jax.random.PRNGKey(3),
+            model=model,
+            max_new_tokens=8,
+            eos_id=-1,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
+        assert int(jnp.max(tokens)) < V, (temperature, top_k, top_p)
 
 
 @pytest.mark.parametrize("arch", GENERATIVE)
