@@ -87,8 +87,8 @@ def _chunked(
         x_BxCxD, t_BxC, w_BxC = xs
         # One token axis, as in model.Dense: the embedding gradient then contracts one axis.
         x_TxD = x_BxCxD.reshape(B * C, D)
-        logits_BxCxV = jnp.einsum("td,vd->tv", x_TxD, embedding_VxD, preferred_element_type=jnp.float32)
-        logits_BxCxV = constrain(mask_padded_vocab(logits_BxCxV.reshape(B, C, V), vocab_size), "batch", None, "vocab")
+        logits_TxV = jnp.einsum("td,vd->tv", x_TxD, embedding_VxD, preferred_element_type=jnp.float32)
+        logits_BxCxV = constrain(mask_padded_vocab(logits_TxV.reshape(B, C, V), vocab_size), "batch", None, "vocab")
         # One variadic reduce gives the max (for a stable logsumexp) and the
         # argmax (the first index among equal maxima, as jnp.argmax).
         max_BxC, argmax_BxC = jax.lax.reduce(
