@@ -204,6 +204,15 @@ class Experiment:
                 f"config.eval_batch_size={config.eval_batch_size} is not divisible by the {batch_shards} "
                 f"data x fsdp shards of mesh {dict(self.mesh.shape)}"
             )
+        tensor, rows = self.mesh.shape["tensor"], self.model_config.table_rows
+        if rows % tensor:
+            log.warning(
+                "the %d-token table does not split over tensor=%d: the output layer all-reduces its logits instead "
+                "of splitting the vocabulary; set config.model.pad_vocab_to=%d (or a multiple of it)",
+                rows,
+                tensor,
+                tensor,
+            )
         example = next(self.data.train_iterator())
         self._init_batch = {k: v[:1] for k, v in example.items()}
         abstract_params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))

@@ -1,6 +1,7 @@
 """SPMD on 8 fake CPU devices: sharded training equals one device, checkpoints move between meshes."""
 
 import json
+import logging
 import os
 import random
 import socket
@@ -98,6 +99,19 @@ def test_chunked_loss_moves_no_weight_gradient_inside_its_loop(tmp_path, mesh):
     else:
         embedding_shard_bytes = 262 * config.model.emb_dim * 4 // mesh[2]
         assert in_loop and sum(collective_bytes("\n".join(in_loop)).values()) < embedding_shard_bytes / 4, in_loop
+
+
+def test_a_vocabulary_that_tensor_cannot_split_gets_a_warning_naming_the_fix(tmp_path, caplog):
+    corpus = write_corpus(tmp_path)
+    config = tiny_config("decoder_only", corpus, **mesh_config(1, 1, 2), **{"data.tokenizer": "byte"})  # 261 tokens
+    with caplog.at_level(logging.WARNING, logger="gpt2_jax.train"):
+        train.Experiment(config)
+    assert "set config.model.pad_vocab_to=2" in caplog.text
+    caplog.clear()
+    config.model.pad_vocab_to = 2
+    with caplog.at_level(logging.WARNING, logger="gpt2_jax.train"):
+        train.Experiment(config)
+    assert "pad_vocab_to" not in caplog.text
 
 
 def test_activation_constraints_apply_only_on_a_multi_device_mesh():
