@@ -74,7 +74,8 @@ def _chunked(
     # axes.  Accumulated in one [V, D] carry, it would be all-reduced after every
     # chunk; with one slot per row shard, sharded like the rows, each device adds
     # its own rows into its own slot, and the slots are summed once at the end.
-    S = shards("batch") if B % shards("batch") == 0 else 1
+    S = shards("batch")
+    S = S if B % S == 0 else 1
 
     def add_embedding_grad(demb_SxVxD: Array, g_TxV: Array, x_TxD: Array) -> Array:
         if S == 1:  # one token axis, as in model.Dense

@@ -449,8 +449,7 @@ class Transformer(nn.Module):
         if cfg.vector_dim:
             values_BxL = self._head(x_BxLxD)
             return losses.squared_error(values_BxL, batch["target_values"], weights_BxL), values_BxL
-        embedding_VxD = self.wte.embedding.astype(cfg.compute_dtype)
-        x_BxLxD = x_BxLxD.astype(cfg.compute_dtype)
+        x_BxLxD, embedding_VxD = x_BxLxD.astype(cfg.compute_dtype), self.wte.embedding.astype(cfg.compute_dtype)
         targets_BxL = batch["target_tokens"]
         return losses.tied_cross_entropy(
             x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, cfg.loss_chunk_len, cfg.vocab_size

@@ -146,10 +146,14 @@ def _constraining_mesh() -> jax.sharding.AbstractMesh | None:
     return mesh
 
 
+def _pieces(mesh: jax.sharding.AbstractMesh, kind: str | None) -> int:
+    return int(np.prod([mesh.shape[a] for a in ACTIVATION_AXES[kind]])) if kind else 1
+
+
 def shards(kind: str) -> int:
     """Into how many pieces :func:`constrain` splits a dimension of ``kind`` here (1 where it does not constrain)."""
     mesh = _constraining_mesh()
-    return 1 if mesh is None else int(np.prod([mesh.shape[a] for a in ACTIVATION_AXES[kind]]))
+    return 1 if mesh is None else _pieces(mesh, kind)
 
 
 def constrain(x: jax.Array, *dims: str | None) -> jax.Array:
@@ -168,9 +172,7 @@ def constrain(x: jax.Array, *dims: str | None) -> jax.Array:
         return x
     spec = []
     for size, kind in zip(x.shape, dims, strict=True):
-        axes = ACTIVATION_AXES[kind] if kind else ()
-        shards = int(np.prod([mesh.shape[a] for a in axes]))
-        spec.append(None if not axes else axes if size % shards == 0 else P.UNCONSTRAINED)
+        spec.append(None if not kind else ACTIVATION_AXES[kind] if size % _pieces(mesh, kind) == 0 else P.UNCONSTRAINED)
     return jax.lax.with_sharding_constraint(x, P(*spec))
 
 
