@@ -56,16 +56,16 @@ def _from_chunks(a_nxBxC: Array, L: int) -> Array:
 def _chunked(
     x_BxLxD: Array,
     embedding_VxD: Array,
-    targets_BxL: Array,
     weights_BxL: Array,
     chunk_len: int,
     vocab_size: int,
+    logits_dtype,
     with_grads: bool,
-) -> tuple[Array, Array, Array, Array | None, Array | None]:
-    """Per-token loss and argmax over position chunks, and (``with_grads``) the gradients of the weighted sum.
+) -> tuple[Array, Array, Array | None, Array | None]:
+    """Per-token log-sum-exp of the logits and argmax over position chunks, and the gradients of ``sum(w * lse)``.
 
-    Returns ``(token_loss_BxL, argmax_BxL, loss_sum, dx_BxLxD, dembedding_VxD)``,
-    the gradients in float32 (``None`` without ``with_grads``).
+    Returns ``(lse_BxL, argmax_BxL, dx_BxLxD, dembedding_VxD)``, the gradients
+    (``with_grads``; else ``None``) in float32.
     """
     B, L, D = x_BxLxD.shape
     V = embedding_VxD.shape[0]
@@ -77,18 +77,19 @@ def _chunked(
     S = shards("batch")
     S = S if B % S == 0 else 1
 
-    def add_embedding_grad(demb_SxVxD: Array, g_TxV: Array, x_TxD: Array) -> Array:
+    def add_embedding_grad(demb_SxVxD: Array, e_TxV: Array, x_TxD: Array) -> Array:
         if S == 1:  # one token axis, as in model.Dense
-            return demb_SxVxD + jnp.einsum("tv,td->vd", g_TxV, x_TxD, preferred_element_type=jnp.float32)[None]
-        g_SxRxV, x_SxRxD = g_TxV.reshape(S, -1, V), x_TxD.reshape(S, -1, D)
-        demb_SxVxD = demb_SxVxD + jnp.einsum("srv,srd->svd", g_SxRxV, x_SxRxD, preferred_element_type=jnp.float32)
+            return demb_SxVxD + jnp.einsum("tv,td->vd", e_TxV, x_TxD, preferred_element_type=jnp.float32)[None]
+        e_SxRxV, x_SxRxD = e_TxV.reshape(S, -1, V), x_TxD.reshape(S, -1, D)
+        demb_SxVxD = demb_SxVxD + jnp.einsum("srv,srd->svd", e_SxRxV, x_SxRxD, preferred_element_type=jnp.float32)
         return constrain(demb_SxVxD, "batch", "vocab", None)
 
-    def chunk(demb_SxVxD: Array | None, xs: tuple[Array, Array, Array]):
-        x_BxCxD, t_BxC, w_BxC = xs
+    def chunk(demb_SxVxD: Array | None, xs: tuple[Array, Array]):
+        x_BxCxD, w_BxC = xs
         # One token axis, as in model.Dense: the embedding gradient then contracts one axis.
         x_TxD = x_BxCxD.reshape(B * C, D)
-        logits_TxV = jnp.einsum("td,vd->tv", x_TxD, embedding_VxD, preferred_element_type=jnp.float32)
+        logits_TxV = jnp.einsum("td,vd->tv", x_TxD, embedding_VxD, preferred_element_type=logits_dtype)
+        logits_TxV = logits_TxV.astype(jnp.float32)
         logits_BxCxV = constrain(mask_padded_vocab(logits_TxV.reshape(B, C, V), vocab_size), "batch", None, "vocab")
         # One variadic reduce gives the max (for a stable logsumexp) and the
         # argmax (the first index among equal maxima, as jnp.argmax).
@@ -98,28 +99,55 @@ def _chunked(
             _max_and_first_index,
             (2,),
         )
-        lse_BxC = max_BxC + jnp.log(jnp.sum(jnp.exp(logits_BxCxV - max_BxC[..., None]), axis=-1))
-        target_logit_BxC = jnp.take_along_axis(logits_BxCxV, t_BxC[..., None], axis=-1)[..., 0]
-        loss_BxC = lse_BxC - target_logit_BxC
+        e_BxCxV = jnp.exp(logits_BxCxV - max_BxC[..., None])
+        sum_BxC = jnp.sum(e_BxCxV, axis=-1)
+        lse_BxC = max_BxC + jnp.log(sum_BxC)
         if demb_SxVxD is None:
-            return None, (loss_BxC, argmax_BxC)
-        # d(sum w * loss)/d logits = w * (softmax - one_hot), rounded to the
-        # compute dtype so that both matmuls run at its rate.  The softmax is
-        # recomputed from the logits: only they and this gradient are live.
-        one_hot_BxCxV = jax.lax.broadcasted_iota(jnp.int32, logits_BxCxV.shape, 2) == t_BxC[..., None]
-        g_BxCxV = (jnp.exp(logits_BxCxV - lse_BxC[..., None]) - one_hot_BxCxV) * w_BxC[..., None]
-        g_TxV = g_BxCxV.reshape(B * C, V).astype(x_BxCxD.dtype)
-        dx_TxD = jnp.einsum("tv,vd->td", g_TxV, embedding_VxD, preferred_element_type=jnp.float32)
-        demb_SxVxD = add_embedding_grad(demb_SxVxD, g_TxV, x_TxD)
-        return demb_SxVxD, (loss_BxC, argmax_BxC, dx_TxD.reshape(B, C, D))
+            return None, (lse_BxC, argmax_BxC)
+        # d(sum w * lse)/d logits = w * e / sum.  The per-row factor w / sum
+        # scales the matmuls' other side instead of e, so e goes into both
+        # matmuls (rounded to the compute dtype) as written by the pass that
+        # sums it: no further pass over the logits.
+        e_TxV = e_BxCxV.reshape(B * C, V).astype(x_BxCxD.dtype)
+        scale_Tx1 = (w_BxC / sum_BxC).reshape(B * C, 1)
+        dx_TxD = scale_Tx1 * jnp.einsum("tv,vd->td", e_TxV, embedding_VxD, preferred_element_type=jnp.float32)
+        demb_SxVxD = add_embedding_grad(demb_SxVxD, e_TxV, (x_TxD * scale_Tx1).astype(x_TxD.dtype))
+        return demb_SxVxD, (lse_BxC, argmax_BxC, dx_TxD.reshape(B, C, D))
 
-    xs = (_in_chunks(x_BxLxD, C), _in_chunks(targets_BxL, C), _in_chunks(weights_BxL, C))
+    xs = (_in_chunks(x_BxLxD, C), _in_chunks(weights_BxL, C))
     demb_SxVxD = constrain(jnp.zeros((S, V, D), jnp.float32), "batch", "vocab", None) if with_grads else None
     demb_SxVxD, outs = jax.lax.scan(chunk, demb_SxVxD, xs)
-    token_loss_BxL, argmax_BxL = _from_chunks(outs[0], L), _from_chunks(outs[1], L)
-    dx_BxLxD = _from_chunks(outs[2], L) if with_grads else None
-    demb_VxD = jnp.sum(demb_SxVxD, axis=0) if with_grads else None
-    return token_loss_BxL, argmax_BxL, jnp.sum(token_loss_BxL * weights_BxL), dx_BxLxD, demb_VxD
+    lse_BxL, argmax_BxL = _from_chunks(outs[0], L), _from_chunks(outs[1], L)
+    if not with_grads:
+        return lse_BxL, argmax_BxL, None, None
+    return lse_BxL, argmax_BxL, _from_chunks(outs[2], L), jnp.sum(demb_SxVxD, axis=0)
+
+
+def _target_logits(x_BxLxD: Array, embedding_VxD: Array, targets_BxL: Array, logits_dtype) -> tuple[Array, Array]:
+    """The targets' logits ``[B, L]`` (float32, rounded as the logits matmul rounds them) and their embedding rows."""
+    rows_BxLxD = jnp.take(constrain(embedding_VxD, "vocab", None), targets_BxL, axis=0)
+    logit_BxL = jnp.einsum("bld,bld->bl", x_BxLxD, rows_BxLxD, preferred_element_type=jnp.float32)
+    return logit_BxL.astype(logits_dtype).astype(jnp.float32), rows_BxLxD
+
+
+def _loss_and_grads(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size, logits_dtype, with_grads):
+    """``(token_loss_BxL, argmax_BxL, loss_sum, dx_BxLxD, dembedding_VxD)``: loss = lse - the target's logit.
+
+    The target's part of the gradient (``-w`` times the one-hot) is added here,
+    in float32, from the target rows: a gather for ``x`` and a scatter-add for
+    the embedding, both ``[B, L, D]``, instead of a pass over the logits.
+    """
+    lse_BxL, argmax_BxL, dx_BxLxD, demb_VxD = _chunked(
+        x_BxLxD, embedding_VxD, weights_BxL, chunk_len, vocab_size, logits_dtype, with_grads
+    )
+    target_logit_BxL, rows_BxLxD = _target_logits(x_BxLxD, embedding_VxD, targets_BxL, logits_dtype)
+    token_loss_BxL = lse_BxL - target_logit_BxL
+    loss_sum = jnp.sum(token_loss_BxL * weights_BxL)
+    if with_grads:
+        w_BxLx1 = weights_BxL[..., None]
+        dx_BxLxD = dx_BxLxD - w_BxLx1 * rows_BxLxD.astype(jnp.float32)
+        demb_VxD = demb_VxD.at[targets_BxL].add(-w_BxLx1 * x_BxLxD.astype(jnp.float32))
+    return token_loss_BxL, argmax_BxL, loss_sum, dx_BxLxD, demb_VxD
 
 
 def tied_cross_entropy(
@@ -129,49 +157,59 @@ def tied_cross_entropy(
     weights_BxL: Array,
     chunk_len: int = 0,
     vocab_size: int | None = None,
+    logits_dtype=jnp.float32,
 ) -> tuple[Array, Array]:
     """The tied output layer and its cross-entropy in one: ``(loss_sum, argmax_BxL)``.
 
     ``loss_sum = sum(weights * cross_entropy(x @ embedding.T, targets))`` over
-    float32 logits, and ``argmax_BxL`` the predicted tokens.  The ``[B, L, V]``
+    the logits (written by the matmul in ``logits_dtype``, read in float32),
+    and ``argmax_BxL`` the predicted tokens.  The ``[B, L, V]``
     logits -- the largest activation of a language model (GPT-2 124M at batch
     8 x 1024: 1.6 GB in float32) -- are never held whole: they are formed
     ``chunk_len`` positions at a time (0 = all at once), and under
-    differentiation each chunk's gradient, ``w * (softmax - one_hot)``, goes
-    straight into the two matmuls that give the gradients of ``x`` and of the
-    embedding (computed in the forward pass, as in Liger Kernel's fused linear
-    cross-entropy; the backward pass only scales them by the incoming
-    cotangent).  That saves the memory of the logits, a second pass over them,
-    and the scatter that automatic differentiation of a gather adds.  The
-    matmuls run in ``x``'s dtype and accumulate in float32 (bf16 compute gets
-    bf16 matmuls in both directions).  With ``vocab_size`` below the
-    embedding's rows, the rows past it (padding) are never predicted.
+    differentiation each chunk's gradient goes straight into the two matmuls
+    that give the gradients of ``x`` and of the embedding (computed in the
+    forward pass, as in Liger Kernel's fused linear cross-entropy; the backward
+    pass only scales them by the incoming cotangent).
+
+    The gradient ``w * (softmax - one_hot)`` is never formed as such: the pass
+    that sums ``exp(logits - max)`` also writes it (rounded to ``x``'s dtype)
+    for the matmuls, whose other side carries the per-row ``w / sum``, and the
+    one-hot part comes from the targets' embedding rows (a ``[B, L, D]``
+    gather and scatter-add, in float32).  Each chunk's logits are thus written
+    once and read twice (max and argmax; exp and sum).  The matmuls run in
+    ``x``'s dtype and accumulate in float32 (bf16 compute gets bf16 matmuls in
+    both directions).  With ``vocab_size`` below the embedding's rows, the
+    rows past it (padding) are never predicted.
     """
     vocab_size = embedding_VxD.shape[0] if vocab_size is None else vocab_size
     targets_BxL, weights_BxL = targets_BxL.astype(jnp.int32), weights_BxL.astype(jnp.float32)
     dtypes = (x_BxLxD.dtype, embedding_VxD.dtype)
-    return _tied_cross_entropy(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size, *dtypes)
+    args = (x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size, logits_dtype)
+    return _tied_cross_entropy(*args, *dtypes)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _tied_cross_entropy(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size, x_dtype, emb_dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _tied_cross_entropy(
+    x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size, logits_dtype, x_dtype, emb_dtype
+):
     del x_dtype, emb_dtype  # for the backward pass: the cotangents' dtypes
-    args = (x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size)
-    _, argmax_BxL, loss_sum, _, _ = _chunked(*args, with_grads=False)
+    args = (x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size, logits_dtype)
+    _, argmax_BxL, loss_sum, _, _ = _loss_and_grads(*args, with_grads=False)
     return loss_sum, argmax_BxL
 
 
 def _tied_cross_entropy_fwd(
-    x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size, x_dtype, emb_dtype
+    x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size, logits_dtype, x_dtype, emb_dtype
 ):
     del x_dtype, emb_dtype
-    args = (x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size)
-    token_loss_BxL, argmax_BxL, loss_sum, dx_BxLxD, demb_VxD = _chunked(*args, with_grads=True)
+    args = (x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len, vocab_size, logits_dtype)
+    token_loss_BxL, argmax_BxL, loss_sum, dx_BxLxD, demb_VxD = _loss_and_grads(*args, with_grads=True)
     return (loss_sum, argmax_BxL), (dx_BxLxD, demb_VxD, token_loss_BxL)
 
 
-def _tied_cross_entropy_bwd(chunk_len, vocab_size, x_dtype, emb_dtype, residuals, g):
-    del chunk_len, vocab_size
+def _tied_cross_entropy_bwd(chunk_len, vocab_size, logits_dtype, x_dtype, emb_dtype, residuals, g):
+    del chunk_len, vocab_size, logits_dtype
     dx_BxLxD, demb_VxD, token_loss_BxL = residuals
     g_loss = g[0]  # the argmax has no gradient
     return (

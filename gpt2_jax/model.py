@@ -69,6 +69,7 @@ class TransformerConfig:
     layer_norm_epsilon: float = 1e-5
     loss_chunk_len: int = 128
     pad_vocab_to: int = 1
+    logits_dtype: str = "float32"
 
     @classmethod
     def from_config(cls, model_config: Mapping[str, Any]) -> TransformerConfig:
@@ -452,7 +453,13 @@ class Transformer(nn.Module):
         x_BxLxD, embedding_VxD = x_BxLxD.astype(cfg.compute_dtype), self.wte.embedding.astype(cfg.compute_dtype)
         targets_BxL = batch["target_tokens"]
         return losses.tied_cross_entropy(
-            x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, cfg.loss_chunk_len, cfg.vocab_size
+            x_BxLxD,
+            embedding_VxD,
+            targets_BxL,
+            weights_BxL,
+            cfg.loss_chunk_len,
+            cfg.vocab_size,
+            DTYPES[cfg.logits_dtype],
         )
 
     def features(self, batch: Mapping[str, Array], deterministic: bool = True, encoded: Array | None = None) -> Array:
@@ -511,6 +518,7 @@ class Transformer(nn.Module):
         cfg = self.cfg
         if cfg.vector_dim:
             return constrain(self.value_head(x_BxLxD)[..., 0].astype(jnp.float32), "batch", None)
-        # Tied output embedding; logits accumulate and stay in float32.
+        # Tied output embedding; logits accumulate in float32 and are rounded to logits_dtype as the loss's are.
         logits_BxLxV = tied_logits(x_BxLxD.astype(cfg.compute_dtype), self.wte.embedding.astype(cfg.compute_dtype))
+        logits_BxLxV = logits_BxLxV.astype(DTYPES[cfg.logits_dtype]).astype(jnp.float32)
         return constrain(losses.mask_padded_vocab(logits_BxLxV, cfg.vocab_size), "batch", None, "vocab")

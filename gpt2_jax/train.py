@@ -62,6 +62,7 @@ RESUMABLE_CHANGES = (
     "process_id",
     "model.remat",
     "model.loss_chunk_len",
+    "model.logits_dtype",
     "model.attention_impl",
     "optimizer.grad_accum_steps",
 )

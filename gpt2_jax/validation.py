@@ -71,6 +71,7 @@ def validate(config) -> None:
     )
     _require(0.0 <= m.dropout_rate < 1.0, f"config.model.dropout_rate must be in [0, 1), got {m.dropout_rate}")
     _one_of(m.dtype, tuple(DTYPES), "config.model.dtype")
+    _one_of(m.logits_dtype, tuple(DTYPES), "config.model.logits_dtype")
     _one_of(m.attention_impl, ATTENTION_IMPLS, "config.model.attention_impl")
     if m.attention_impl == "cudnn":
         import jax

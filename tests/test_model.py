@@ -229,6 +229,20 @@ def test_training_loss_equals_the_cross_entropy_of_the_models_logits(arch):
         np.testing.assert_allclose(g, want_grads[path], rtol=1e-4, atol=1e-6, err_msg="/".join(path))
 
 
+def test_bfloat16_logits_are_the_logits_the_loss_reads():
+    b = lm_example("decoder_only", length=10)
+    model = make("decoder_only", logits_dtype="bfloat16", loss_chunk_len=3)
+    params = init(model, b)["params"]
+    logits = model.apply({"params": params}, b)
+    assert logits.dtype == jnp.float32
+    np.testing.assert_array_equal(logits, logits.astype(jnp.bfloat16).astype(jnp.float32))
+    assert not np.array_equal(logits, make("decoder_only").apply({"params": params}, b)), "rounded"
+    loss, argmax = model.apply({"params": params}, b, method=Transformer.loss)
+    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, b["target_tokens"])
+    np.testing.assert_allclose(loss, jnp.sum(token_loss * b["loss_weights"]), rtol=1e-6)
+    np.testing.assert_array_equal(argmax, jnp.argmax(logits, -1))
+
+
 def test_padded_vocabulary_is_never_predicted_and_gets_no_gradient():
     b = lm_example("decoder_only", length=10)
     V = TOK.vocab_size

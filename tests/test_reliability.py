@@ -268,6 +268,7 @@ BAD_INPUTS = {
     "dropout out of range": (_set(**{"model.dropout_rate": 1.5}), "dropout_rate must be in [0, 1)"),
     "negative loss chunk": (_set(**{"model.loss_chunk_len": -1}), "loss_chunk_len must be >= 0"),
     "vocabulary padding below one": (_set(**{"model.pad_vocab_to": 0}), "pad_vocab_to must be >= 1"),
+    "float16 logits": (_set(**{"model.logits_dtype": "float16"}), "config.model.logits_dtype"),
     "unknown dtype": (_set(**{"model.dtype": "float16"}), "config.model.dtype='float16'"),
     "cudnn without a GPU": (_set(**{"model.attention_impl": "cudnn"}), "needs a GPU"),
     "sharing without an encoder": (_set(**{"model.share_encoder_decoder": True}), "needs arch='encoder_decoder'"),
