@@ -38,7 +38,8 @@ from gpt2_jax.model import Transformer, TransformerConfig
 _ARCHS = flags.DEFINE_list(
     "archs",
     ["decoder_only", "prefix_lm", "encoder_decoder"],
-    "Architectures to time; `arch:impl` picks that runner's attention implementation (e.g. decoder_only:xla).",
+    "Runners of ours to time: `arch[:impl][@field=value...]`, e.g. decoder_only:xla or "
+    "decoder_only:cudnn@loss_chunk_len=0@remat=true (attention implementation, model config fields).",
 )
 _ATTENTION = flags.DEFINE_enum("attention_impl", "xla", ["xla", "cudnn"], "Default attention implementation.")
 _BATCH = flags.DEFINE_integer("batch", 0, "Batch size (0 = the shape's).")
@@ -112,10 +113,15 @@ def device_peak(dtype: str) -> tuple[float, str]:
 
 @dataclasses.dataclass
 class Runner:
-    """A step function to time, with its work per step."""
+    """A training step to time, with its work per step.
+
+    ``dispatch`` starts one step without waiting for it (JAX and CUDA queue
+    the work), ``sync`` waits for every step started so far.
+    """
 
     name: str
-    step: Callable[[], None]
+    dispatch: Callable[[], None]
+    sync: Callable[[], None]
     tokens_per_step: int
     flops_per_step: float
     compile_s: float = float("nan")
@@ -123,15 +129,35 @@ class Runner:
     times: list[float] = dataclasses.field(default_factory=list)
     hlo_text: str = ""  # the compiled step's optimized HLO (ours only), for experiments.profile_step
 
+    def step(self) -> None:
+        """One whole step."""
+        self.dispatch()
+        self.sync()
+
     def median(self) -> float:
         return statistics.median(self.times)
 
 
-def _bench_config(arch: str, shape: Shape, dtype: str, impl: str, loss_chunk_len: int = -1):
+def _parse_value(text: str, like):
+    """``text`` as a value of ``like``'s type (a config field's current value)."""
+    if isinstance(like, bool):
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.lower() == "true"
+    return type(like)(text)
+
+
+def _bench_config(
+    arch: str, shape: Shape, dtype: str, impl: str, loss_chunk_len: int = -1, overrides: dict[str, str] | None = None
+):
     config = default.get_config()
     config.model.arch = arch
     if loss_chunk_len >= 0:
         config.model.loss_chunk_len = loss_chunk_len
+    for field, text in (overrides or {}).items():
+        if field not in config.model:
+            raise ValueError(f"unknown model config field {field!r} in a runner spec (see configs/default.py)")
+        config.model[field] = _parse_value(text, config.model[field])
     config.model.attention_impl = impl
     config.model.num_layers = shape.layers
     config.model.num_heads = shape.heads
@@ -141,9 +167,19 @@ def _bench_config(arch: str, shape: Shape, dtype: str, impl: str, loss_chunk_len
     return config
 
 
-def ours(arch: str, shape: Shape, dtype: str = "float32", impl: str = "xla", loss_chunk_len: int = -1) -> Runner:
-    """Our jitted train step on random tokens of the given shape (an encoder-decoder splits the context in half)."""
-    config = _bench_config(arch, shape, dtype, impl, loss_chunk_len)
+def ours(
+    arch: str,
+    shape: Shape,
+    dtype: str = "float32",
+    impl: str = "xla",
+    loss_chunk_len: int = -1,
+    overrides: dict[str, str] | None = None,
+) -> Runner:
+    """Our jitted train step on random tokens of the given shape (an encoder-decoder splits the context in half).
+
+    ``overrides`` sets model config fields (``{"remat": "true"}``).
+    """
+    config = _bench_config(arch, shape, dtype, impl, loss_chunk_len, overrides)
     T = shape.context
     dec_len, enc_len = (T // 2, T // 2) if arch == "encoder_decoder" else (T, 0)
     cfg = dataclasses.replace(
@@ -187,14 +223,17 @@ def ours(arch: str, shape: Shape, dtype: str = "float32", impl: str = "xla", los
         peak -= memory.alias_size_in_bytes
     holder = {"state": state}
 
-    def step() -> None:
-        holder["state"], metrics = compiled(holder["state"], device_batch)
-        jax.block_until_ready(metrics["loss_sum"])
+    def dispatch() -> None:
+        holder["state"], holder["metrics"] = compiled(holder["state"], device_batch)
 
-    step()  # warm up (allocations, thread pools)
+    def sync() -> None:
+        jax.block_until_ready(holder["metrics"]["loss_sum"])
+
+    dispatch()  # warm up (allocations, thread pools)
+    sync()
     model_flops = flops.train_flops(cfg, dec_len, enc_len) * B
-    name = f"ours {arch}" if impl == "xla" else f"ours {arch} [{impl}]"
-    return Runner(name, step, B * T, model_flops, compile_s, peak, hlo_text=compiled.as_text())
+    name = " ".join([f"ours {arch}" if impl == "xla" else f"ours {arch} [{impl}]", *runner_overrides(overrides)])
+    return Runner(name, dispatch, sync, B * T, model_flops, compile_s, peak, hlo_text=compiled.as_text())
 
 
 def peer(shape: Shape, compiled: bool, dtype: str = "float32") -> Runner:
@@ -237,15 +276,16 @@ def peer(shape: Shape, compiled: bool, dtype: str = "float32") -> Runner:
 
     compiled_step = torch.compile(train_step) if compiled else train_step
 
-    def step() -> None:
-        compiled_step()
+    def sync() -> None:
         if on_gpu:
             torch.cuda.synchronize()
 
     t0 = time.perf_counter()
-    step()
+    compiled_step()
+    sync()
     compile_s = time.perf_counter() - t0
-    step()  # warm up (the optimizer's state is created on the first step)
+    compiled_step()  # warm up (the optimizer's state is created on the first step)
+    sync()
     ours_cfg = TransformerConfig(
         vocab_size=shape.vocab,
         num_layers=shape.layers,
@@ -257,37 +297,56 @@ def peer(shape: Shape, compiled: bool, dtype: str = "float32") -> Runner:
     model_flops = flops.train_flops(ours_cfg, shape.context) * shape.batch
     name = "transformers GPT-2 (torch.compile)" if compiled else "transformers GPT-2 (eager)"
     memory = torch.cuda.max_memory_allocated() if on_gpu else float("nan")
-    return Runner(name, step, shape.batch * shape.context, model_flops, compile_s, memory)
+    return Runner(name, compiled_step, sync, shape.batch * shape.context, model_flops, compile_s, memory)
 
 
 def interleave(runners: list[Runner], rounds: int, steps: int) -> None:
-    """Time every runner ``steps`` times per round, alternating runners each round."""
+    """Time ``steps`` consecutive steps of every runner per round, alternating runners each round.
+
+    The steps of a round are started back to back and waited for once, as the
+    training loop runs them (it reads each step's non-finite flag one step
+    late): the host queues step n + 1 while the device runs step n.  Each round
+    adds one time per step (the round's mean).
+    """
     for r in range(rounds):
         order = runners if r % 2 == 0 else runners[::-1]
         for runner in order:
+            t0 = time.perf_counter()
             for _ in range(steps):
-                t0 = time.perf_counter()
-                runner.step()
-                runner.times.append(time.perf_counter() - t0)
+                runner.dispatch()
+            runner.sync()
+            runner.times.append((time.perf_counter() - t0) / steps)
 
 
 def report(runners: list[Runner], peak: float, peak_source: str) -> None:
     print(f"\npeak: {peak / 1e9:.1f} GFLOP/s ({peak_source})")
-    header = f"{'runner':42s} {'tokens/s':>9s} {'step ms':>8s} {'compile s':>9s} {'peak MB':>8s} {'MFU':>6s}"
+    width = max([42] + [len(r.name) for r in runners])
+    header = f"{'runner':{width}s} {'tokens/s':>9s} {'step ms':>8s} {'compile s':>9s} {'peak MB':>8s} {'MFU':>6s}"
     print(header)
     print("-" * len(header))
     for r in runners:
         t = r.median()
         print(
-            f"{r.name:42s} {r.tokens_per_step / t:9.0f} {1000 * t:8.1f} {r.compile_s:9.1f} "
+            f"{r.name:{width}s} {r.tokens_per_step / t:9.0f} {1000 * t:8.1f} {r.compile_s:9.1f} "
             f"{r.memory_bytes / 2**20:8.0f} {r.flops_per_step / t / peak:6.1%}"
         )
 
 
-def parse_runner(spec: str, default_impl: str) -> tuple[str, str]:
-    """``"decoder_only"`` or ``"decoder_only:cudnn"`` -> (arch, attention implementation)."""
-    arch, _, impl = spec.partition(":")
-    return arch, impl or default_impl
+def parse_runner(spec: str, default_impl: str) -> tuple[str, str, dict[str, str]]:
+    """``"decoder_only:cudnn@loss_chunk_len=0"`` -> (arch, attention implementation, model field overrides)."""
+    head, *settings = spec.split("@")
+    arch, _, impl = head.partition(":")
+    overrides = {}
+    for setting in settings:
+        field, sep, value = setting.partition("=")
+        if not sep:
+            raise ValueError(f"runner spec {spec!r}: expected @field=value, got @{setting}")
+        overrides[field] = value
+    return arch, impl or default_impl, overrides
+
+
+def runner_overrides(overrides: dict[str, str] | None) -> list[str]:
+    return [f"{field}={value}" for field, value in (overrides or {}).items()]
 
 
 def main(argv: list[str]) -> None:
@@ -302,7 +361,7 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(os.cpu_count() or 1)  # the same cores XLA's thread pool uses
     peak, source = device_peak(_DTYPE.value)
     specs = [parse_runner(spec, _ATTENTION.value) for spec in _ARCHS.value]
-    runners = [ours(arch, shape, _DTYPE.value, impl, _LOSS_CHUNK.value) for arch, impl in specs]
+    runners = [ours(arch, shape, _DTYPE.value, impl, _LOSS_CHUNK.value, overrides) for arch, impl, overrides in specs]
     peers = []
     if _PEER.value:
         peers.append(peer(shape, compiled=False, dtype=_DTYPE.value))
@@ -323,7 +382,7 @@ def main(argv: list[str]) -> None:
         # overstate MFU): measure it again after the timed rounds, keep the best.
         peak = max(peak, measure_matmul_peak())
     report(runners + peers, peak, source)
-    decoder_only = [r for r, (arch, _) in zip(runners, specs, strict=True) if arch == "decoder_only"]
+    decoder_only = [r for r, (arch, _, _) in zip(runners, specs, strict=True) if arch == "decoder_only"]
     if peers and decoder_only:
         best_peer = max(peers, key=lambda r: r.tokens_per_step / r.median())
         mine = max(decoder_only, key=lambda r: r.tokens_per_step / r.median())

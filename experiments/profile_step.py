@@ -33,7 +33,9 @@ from absl import app, flags
 
 from experiments import bench
 
-_ARCH = flags.DEFINE_string("arch", "decoder_only", "Architecture (`arch:impl` picks the attention implementation).")
+_ARCH = flags.DEFINE_string(
+    "arch", "decoder_only", "Runner spec, as bench.py's --archs: `arch[:impl][@field=value...]`."
+)
 _TOP = flags.DEFINE_integer("top", 25, "Operations listed.")
 _TRACE_DIR = flags.DEFINE_string("trace_dir", "/tmp/gpt2_jax_profile", "Where the trace is written (replaced).")
 
@@ -138,8 +140,8 @@ def main(argv: list[str]) -> None:
     shape = bench.SHAPES[bench._SHAPE.value]
     if bench._BATCH.value:
         shape = bench.dataclasses.replace(shape, batch=bench._BATCH.value)
-    arch, impl = bench.parse_runner(_ARCH.value, "cudnn" if jax.default_backend() == "gpu" else "xla")
-    runner = bench.ours(arch, shape, bench._DTYPE.value, impl, bench._LOSS_CHUNK.value)
+    arch, impl, overrides = bench.parse_runner(_ARCH.value, "cudnn" if jax.default_backend() == "gpu" else "xla")
+    runner = bench.ours(arch, shape, bench._DTYPE.value, impl, bench._LOSS_CHUNK.value, overrides)
     step_ms, events = profile(runner, bench._STEPS.value, _TRACE_DIR.value)
     names = op_names(runner.hlo_text)
     per_op, per_category = summarize(events, names, bench._STEPS.value)

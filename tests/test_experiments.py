@@ -216,12 +216,24 @@ def test_benchmark_times_every_runner_and_reports_mfu(capsys):
     from experiments import bench
 
     shape = bench.Shape(layers=1, width=32, heads=2, context=16, batch=2, vocab=64)
-    assert bench.parse_runner("decoder_only", "xla") == ("decoder_only", "xla")
-    assert bench.parse_runner("prefix_lm:cudnn", "xla") == ("prefix_lm", "cudnn")
+    assert bench.parse_runner("decoder_only", "xla") == ("decoder_only", "xla", {})
+    assert bench.parse_runner("prefix_lm:cudnn", "xla") == ("prefix_lm", "cudnn", {})
+    assert bench.parse_runner("decoder_only@remat=true@loss_chunk_len=0", "xla") == (
+        "decoder_only",
+        "xla",
+        {"remat": "true", "loss_chunk_len": "0"},
+    )
+    overrides = {"remat": "true", "pad_vocab_to": "8"}
+    config = bench._bench_config("decoder_only", shape, "float32", "xla", overrides=overrides)
+    assert config.model.remat is True and config.model.pad_vocab_to == 8
+    with pytest.raises(ValueError, match="unknown model config field 'remats'"):
+        bench._bench_config("decoder_only", shape, "float32", "xla", overrides={"remats": "true"})
     runners = [bench.ours(arch, shape) for arch in ("decoder_only", "encoder_decoder")]
+    runners.append(bench.ours("decoder_only", shape, overrides={"loss_chunk_len": "4"}))
+    assert runners[-1].name == "ours decoder_only loss_chunk_len=4"
     bench.interleave(runners, rounds=2, steps=2)
-    assert [len(r.times) for r in runners] == [4, 4] and all(t > 0 for r in runners for t in r.times)
-    do, ed = runners
+    assert [len(r.times) for r in runners] == [2, 2, 2] and all(t > 0 for r in runners for t in r.times)
+    do, ed, _ = runners
     assert do.tokens_per_step == ed.tokens_per_step == 32
     cfg = TransformerConfig(vocab_size=64, num_layers=1, num_heads=2, emb_dim=32, mlp_dim=128, max_len=16)
     assert do.flops_per_step == flops.train_flops(cfg, 16) * 2
