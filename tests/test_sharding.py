@@ -229,7 +229,8 @@ def test_two_processes_train_like_one_process_over_the_same_mesh(tmp_path, launc
         return [sys.executable, "-m", "gpt2_jax.main", "--config=configs/default.py", f"--workdir={workdir}", *args]
 
     def env(devices: int, **extra) -> dict:
-        return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+        flags = os.environ["XLA_FLAGS"].replace("device_count=8", f"device_count={devices}")
+        return dict(os.environ, XLA_FLAGS=flags, **extra)
 
     single = subprocess.run(command(tmp_path / "one"), cwd=REPO, env=env(4), capture_output=True, text=True)
     assert single.returncode == 0, single.stderr[-3000:]
