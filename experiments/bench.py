@@ -43,9 +43,6 @@ _ARCHS = flags.DEFINE_list(
 )
 _ATTENTION = flags.DEFINE_enum("attention_impl", "xla", ["xla", "cudnn"], "Default attention implementation.")
 _BATCH = flags.DEFINE_integer("batch", 0, "Batch size (0 = the shape's).")
-_LOSS_CHUNK = flags.DEFINE_integer(
-    "loss_chunk_len", -1, "Positions per chunk of our fused output layer + loss (-1 = the config's, 0 = all at once)."
-)
 _SHAPE = flags.DEFINE_enum("shape", "small", ["small", "gpt2_124m"], "small: 6x384, ctx 256, batch 8; or GPT-2 124M.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds.")
@@ -147,23 +144,19 @@ def _parse_value(text: str, like):
     return type(like)(text)
 
 
-def _bench_config(
-    arch: str, shape: Shape, dtype: str, impl: str, loss_chunk_len: int = -1, overrides: dict[str, str] | None = None
-):
+def _bench_config(arch: str, shape: Shape, dtype: str, impl: str, overrides: dict[str, str] | None = None):
     config = default.get_config()
     config.model.arch = arch
-    if loss_chunk_len >= 0:
-        config.model.loss_chunk_len = loss_chunk_len
-    for field, text in (overrides or {}).items():
-        if field not in config.model:
-            raise ValueError(f"unknown model config field {field!r} in a runner spec (see configs/default.py)")
-        config.model[field] = _parse_value(text, config.model[field])
     config.model.attention_impl = impl
     config.model.num_layers = shape.layers
     config.model.num_heads = shape.heads
     config.model.emb_dim = shape.width
     config.model.dtype = dtype
     config.optimizer.warmup_steps = 10
+    for field, text in (overrides or {}).items():  # last: a runner's own settings win
+        if field not in config.model:
+            raise ValueError(f"unknown model config field {field!r} in a runner spec (see configs/default.py)")
+        config.model[field] = _parse_value(text, config.model[field])
     return config
 
 
@@ -172,14 +165,13 @@ def ours(
     shape: Shape,
     dtype: str = "float32",
     impl: str = "xla",
-    loss_chunk_len: int = -1,
     overrides: dict[str, str] | None = None,
 ) -> Runner:
     """Our jitted train step on random tokens of the given shape (an encoder-decoder splits the context in half).
 
     ``overrides`` sets model config fields (``{"remat": "true"}``).
     """
-    config = _bench_config(arch, shape, dtype, impl, loss_chunk_len, overrides)
+    config = _bench_config(arch, shape, dtype, impl, overrides)
     T = shape.context
     dec_len, enc_len = (T // 2, T // 2) if arch == "encoder_decoder" else (T, 0)
     cfg = dataclasses.replace(
@@ -361,7 +353,7 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(os.cpu_count() or 1)  # the same cores XLA's thread pool uses
     peak, source = device_peak(_DTYPE.value)
     specs = [parse_runner(spec, _ATTENTION.value) for spec in _ARCHS.value]
-    runners = [ours(arch, shape, _DTYPE.value, impl, _LOSS_CHUNK.value, overrides) for arch, impl, overrides in specs]
+    runners = [ours(arch, shape, _DTYPE.value, impl, overrides) for arch, impl, overrides in specs]
     peers = []
     if _PEER.value:
         peers.append(peer(shape, compiled=False, dtype=_DTYPE.value))
@@ -373,7 +365,7 @@ def main(argv: list[str]) -> None:
         tokens = shape.context * shape.batch
         for ctx in (int(c) for c in _CONTEXTS.value):
             s = dataclasses.replace(shape, context=ctx, batch=max(1, tokens // ctx))
-            runner = ours("decoder_only", s, _DTYPE.value, _ATTENTION.value, _LOSS_CHUNK.value)
+            runner = ours("decoder_only", s, _DTYPE.value, _ATTENTION.value)
             runner.name = f"decoder_only context {ctx} x batch {s.batch}"
             sweep.append(runner)
         interleave(sweep, _ROUNDS.value, _STEPS.value)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt2_jax.sharding import constrain, shards
+from gpt2_jax.sharding import constrain, shards, take_rows
 
 Array = jnp.ndarray
 Metrics = dict[str, Array]
@@ -125,7 +125,7 @@ def _chunked(
 
 def _target_logits(x_BxLxD: Array, embedding_VxD: Array, targets_BxL: Array, logits_dtype) -> tuple[Array, Array]:
     """The targets' logits ``[B, L]`` (float32, rounded as the logits matmul rounds them) and their embedding rows."""
-    rows_BxLxD = jnp.take(constrain(embedding_VxD, "vocab", None), targets_BxL, axis=0)
+    rows_BxLxD = take_rows(embedding_VxD, targets_BxL, "vocab")
     logit_BxL = jnp.einsum("bld,bld->bl", x_BxLxD, rows_BxLxD, preferred_element_type=jnp.float32)
     return logit_BxL.astype(logits_dtype).astype(jnp.float32), rows_BxLxD
 

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from gpt2_jax import losses, masks
 from gpt2_jax.attention import attend
-from gpt2_jax.sharding import constrain
+from gpt2_jax.sharding import constrain, take_rows
 
 Array = jnp.ndarray
 
@@ -145,16 +145,6 @@ def _rows(x_BxLxD: Array) -> Array:
 def _heads(x_BxLxNxH: Array) -> Array:
     """Per-head activations under a mesh: rows over the batch axes, heads over ``tensor``."""
     return constrain(x_BxLxNxH, "batch", None, "heads", None)
-
-
-def _lookup(table: nn.Embed, ids_BxL: Array, rows: str | None) -> Array:
-    """``table``'s rows at ``ids`` (``nn.Embed``'s lookup).
-
-    Under a mesh the table is gathered over ``fsdp`` first (``rows`` says how
-    its rows stay split): FSDP moves weights, and a lookup in a table whose
-    width is split would give activations split by width, not by batch.
-    """
-    return jnp.take(constrain(table.embedding, rows, None), ids_BxL, axis=0)
 
 
 def _residual_std(num_layers: int) -> float:
@@ -398,11 +388,11 @@ class Transformer(nn.Module):
         name: str,
         vectors_BxLxF: Array | None = None,
     ) -> Array:
-        x_BxLxD = _lookup(self.wte, tokens_BxL, "vocab")
+        x_BxLxD = take_rows(self.wte.embedding, tokens_BxL, "vocab")
         if vectors_BxLxF is not None:
             x_BxLxD = x_BxLxD + self.wve(vectors_BxLxF)
         if wpe is not None:
-            x_BxLxD = x_BxLxD + _lookup(wpe, positions_BxL, None)
+            x_BxLxD = x_BxLxD + take_rows(wpe.embedding, positions_BxL, None)
         # Gradients w.r.t. this zero "perturbation" are the gradients w.r.t. the
         # input embeddings; the causality tests read them.  A no-op otherwise.
         x_BxLxD = self.perturb(name, x_BxLxD)

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -154,6 +155,16 @@ def shards(kind: str) -> int:
     """Into how many pieces :func:`constrain` splits a dimension of ``kind`` here (1 where it does not constrain)."""
     mesh = _constraining_mesh()
     return 1 if mesh is None else _pieces(mesh, kind)
+
+
+def take_rows(table_VxD: jax.Array, ids: jax.Array, rows: str | None) -> jax.Array:
+    """``table``'s rows at ``ids`` (an embedding lookup): ``[V, D]`` -> ``[*ids.shape, D]``.
+
+    Under a mesh the table is gathered over ``fsdp`` first (``rows`` names how
+    its rows stay split): FSDP moves weights, and a lookup in a table whose
+    width is split would give activations split by width, not by batch.
+    """
+    return jnp.take(constrain(table_VxD, rows, None), ids, axis=0)
 
 
 def constrain(x: jax.Array, *dims: str | None) -> jax.Array:

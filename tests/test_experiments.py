@@ -223,9 +223,10 @@ def test_benchmark_times_every_runner_and_reports_mfu(capsys):
         "xla",
         {"remat": "true", "loss_chunk_len": "0"},
     )
-    overrides = {"remat": "true", "pad_vocab_to": "8"}
+    overrides = {"remat": "true", "pad_vocab_to": "8", "num_layers": "3"}
     config = bench._bench_config("decoder_only", shape, "float32", "xla", overrides=overrides)
     assert config.model.remat is True and config.model.pad_vocab_to == 8
+    assert config.model.num_layers == 3, "a runner's own settings win over the shape's"
     with pytest.raises(ValueError, match="unknown model config field 'remats'"):
         bench._bench_config("decoder_only", shape, "float32", "xla", overrides={"remats": "true"})
     runners = [bench.ours(arch, shape) for arch in ("decoder_only", "encoder_decoder")]
