@@ -15,7 +15,8 @@ independent operations concurrently and the weight-gradient matmuls
 asynchronously, so per-operation times overlap and share cores: the
 categories say roughly where the time goes (closest on one core, ``taskset
 -c 0``); compare step times, not operation times, to judge a change.
-The trace itself is kept in ``--trace_dir`` for TensorBoard/Perfetto.
+The trace itself is kept in ``--trace_dir`` for TensorBoard/Perfetto, with the
+compiled step's HLO (``compiled_hlo.txt``) to read which operations XLA fused.
 """
 
 from __future__ import annotations
@@ -120,7 +121,10 @@ def summarize(events: list[dict], names: dict[str, str], steps: int) -> tuple[co
 
 
 def profile(runner: bench.Runner, steps: int, trace_dir: str) -> tuple[float, list[dict]]:
-    """Trace ``steps`` steps of a benchmark runner: (ms per step, the trace's events)."""
+    """Trace ``steps`` steps of a benchmark runner: (ms per step, the trace's events).
+
+    The compiled step's HLO is written next to the trace (``compiled_hlo.txt``).
+    """
     for _ in range(2):
         runner.step()
     shutil.rmtree(trace_dir, ignore_errors=True)
@@ -130,6 +134,8 @@ def profile(runner: bench.Runner, steps: int, trace_dir: str) -> tuple[float, li
         runner.step()
     step_ms = (time.perf_counter() - t0) / steps * 1000
     jax.profiler.stop_trace()
+    with open(f"{trace_dir}/compiled_hlo.txt", "w") as f:
+        f.write(runner.hlo_text)
     trace = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)[0]
     with gzip.open(trace) as f:
         return step_ms, json.load(f)["traceEvents"]

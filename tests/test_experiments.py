@@ -275,3 +275,4 @@ def test_profile_step_attributes_the_step_time_to_matmuls_attention_and_loss(tmp
     for category in ("dense matmuls (fwd)", "dense matmuls (bwd)", "attention (fwd)", "output layer + loss (fwd)"):
         assert per_category[category] > 0, (category, per_category)
     assert sum(per_category.values()) == pytest.approx(sum(per_op.values()))
+    assert (tmp_path / "compiled_hlo.txt").read_text() == runner.hlo_text

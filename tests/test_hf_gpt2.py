@@ -19,6 +19,10 @@ def reference_model(tmp_path, layers=2, width=32, heads=4, vocab=100, positions=
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=positions, n_embd=width, n_layer=layers, n_head=heads)
     model = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():  # transformers initialises biases to zero: nonzero ones test how ours are applied
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.1)
     folder = tmp_path / "hf"
     model.save_pretrained(folder)
     return model, folder

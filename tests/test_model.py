@@ -352,3 +352,52 @@ def test_dense_matches_flax_dense_and_its_weight_gradient_contracts_one_axis():
     jaxpr = jax.make_jaxpr(jax.grad(loss(ours)))(params)
     contracting = [e.params["dimension_numbers"][0][0] for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
     assert contracting and all(len(dims) == 1 for dims in contracting), contracting
+
+
+@jax.default_matmul_precision("float32")  # GPUs multiply float32 in TF32 by default
+def test_dense_input_bias_is_the_bias_added_to_every_input_row():
+    cfg = TransformerConfig()
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 8))
+    b = jax.random.normal(jax.random.PRNGKey(2), (8,))
+    dense = Dense(3, cfg)
+    params = dense.init(jax.random.PRNGKey(1), x)
+    params = jax.tree.map(lambda p: p + 0.5, params)  # a nonzero bias too
+    np.testing.assert_allclose(dense.apply(params, x, b), dense.apply(params, x + b), atol=1e-5)
+
+    def loss(p, b, x_shift):
+        return jnp.sum(jnp.sin(dense.apply(p, x, b) if x_shift is None else dense.apply(p, x + x_shift)))
+
+    got = jax.grad(loss, argnums=(0, 1))(params, b, None)
+    want = jax.grad(loss, argnums=(0, 2))(params, None, b)
+    for a, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-5)
+
+
+def test_key_bias_cannot_change_attention_and_value_bias_passes_through_it():
+    """Softmax is invariant to the key bias (its gradient is zero); the value bias is added after attention."""
+    model = make("decoder_only")
+    batch = lm_example("decoder_only")
+    params = init(model, batch)["params"]
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(3), p.shape), params)
+    D = model.cfg.emb_dim
+
+    def logits(p):
+        return model.apply({"params": p}, batch)
+
+    def with_attn_bias(p, layer, new_bias):
+        p = jax.tree.map(lambda a: a, p)
+        p[f"h_{layer}"]["attn"]["c_attn"]["bias"] = new_bias
+        return p
+
+    bias = params["h_0"]["attn"]["c_attn"]["bias"]
+    other_key_bias = bias.at[D : 2 * D].add(1.0)
+    np.testing.assert_allclose(logits(with_attn_bias(params, 0, other_key_bias)), logits(params), atol=1e-5)
+    grads = jax.grad(lambda p: jnp.sum(jnp.sin(logits(p))))(params)
+    g_bias = grads["h_0"]["attn"]["c_attn"]["bias"]
+    assert np.all(np.asarray(g_bias[D : 2 * D]) == 0.0)
+    assert np.abs(np.asarray(g_bias[:D])).max() > 0 and np.abs(np.asarray(g_bias[2 * D :])).max() > 0
+    # Moving the value bias into the output projection's bias gives the same model.
+    moved = with_attn_bias(params, 0, bias.at[2 * D :].set(0.0))
+    proj = moved["h_0"]["attn"]["c_proj"]
+    proj["bias"] = proj["bias"] + bias[2 * D :] @ proj["kernel"]
+    np.testing.assert_allclose(logits(moved), logits(params), atol=1e-5)
