@@ -2,6 +2,8 @@
 
 Other configs start from this one and change a few fields, so every run has the
 same schema and a mistyped override (``--config.model.num_layer=4``) is an error.
+A field added to the schema must default to the behaviour from before it existed:
+runs and sweeps saved without it then resume (``train.config_differences``).
 """
 
 import ml_collections

@@ -3,7 +3,7 @@
 # GPT-2 124M bfloat16 train step spends its time (experiments.profile_step), and its
 # training benchmark (ours with cuDNN and XLA attention, float32 and bfloat16 logits, the
 # loss in one chunk, and transformers' GPT-2 eager and under torch.compile on the same
-# GPU), at batch 32 and 64.  PROFILE_ONLY=1 skips the peers.
+# GPU), at batch 32, 64 and 128.  PROFILE_ONLY=1 skips the peers.
 #
 # Usage (from the repository root, on a machine with one GPU and the package's
 # dependencies installed): experiments/gpu_check.sh [OUTDIR]   (default results/gpu_check)
@@ -34,3 +34,5 @@ timeout 420 "${BENCH[@]}" --batch=32 \
   2>&1 | tee "$OUT_DIR/bench_124m_b32.log"
 timeout 150 "${BENCH[@]}" --batch=64 --archs=$D,$D@logits_dtype=bfloat16 --peer=false 2>&1 \
   | tee "$OUT_DIR/bench_124m_b64.log"
+timeout 150 "${BENCH[@]}" --batch=128 --archs=$D@logits_dtype=bfloat16 --peer=false 2>&1 \
+  | tee "$OUT_DIR/bench_124m_b128.log"

@@ -40,27 +40,6 @@ def status(run_dir: Path) -> dict:
         return {"state": "new"}
 
 
-def prepare(sweep: sweeps.Sweep, workdir: Path) -> list[tuple[sweeps.RunSpec, Path]]:
-    """Write every run's ``run.json`` (unless it already exists and matches)."""
-    out = []
-    for spec in sweep.runs():
-        run_dir = workdir / "runs" / spec.name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        content = {
-            "name": spec.name,
-            "labels": spec.labels,
-            "seed": spec.seed,
-            "config": spec.config.to_dict(),
-            "decode": spec.decode,
-        }
-        path = run_dir / "run.json"
-        if path.exists() and json.loads(path.read_text())["config"] != content["config"]:
-            raise ValueError(f"{run_dir} holds a run of a different config; use another --workdir for a changed sweep")
-        path.write_text(json.dumps(content, indent=2))
-        out.append((spec, run_dir))
-    return out
-
-
 def run_local(run_dir: Path) -> dict:
     """The worker in a subprocess; its output goes to ``run_dir/log.txt``."""
     with (run_dir / "log.txt").open("a") as log:
@@ -109,7 +88,7 @@ def main(argv: list[str]) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     record = {"sweep": _SWEEP.value, "name": sweep.name, "seeds": sweep.seeds}
     (workdir / "sweep.json").write_text(json.dumps(record, indent=2))
-    runs = prepare(sweep, workdir)
+    runs = sweeps.prepare(sweep, workdir)
     todo = []
     for _, run_dir in runs:
         state = status(run_dir)["state"]

@@ -12,13 +12,14 @@ import copy
 import dataclasses
 import importlib.util
 import itertools
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from gpt2_jax import flops
+from gpt2_jax import flops, train
 from gpt2_jax.model import TransformerConfig
 
 
@@ -149,3 +150,29 @@ def describe_lengths(config: ml_collections.ConfigDict) -> tuple[int, int]:
     mean = (s.min_len + s.max_len) / 2
     ops = max(len(task.split("+")) for task in s.task.split(","))
     return round(mean + ops + 1), round(mean + 1)
+
+
+def prepare(sweep: Sweep, workdir: Path) -> list[tuple[RunSpec, Path]]:
+    """Write every run's ``run.json``; an existing one must hold the same config (fields added since aside)."""
+    out = []
+    for spec in sweep.runs():
+        run_dir = workdir / "runs" / spec.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        content = {
+            "name": spec.name,
+            "labels": spec.labels,
+            "seed": spec.seed,
+            "config": spec.config.to_dict(),
+            "decode": spec.decode,
+        }
+        path = run_dir / "run.json"
+        saved = json.loads(path.read_text())["config"] if path.exists() else content["config"]
+        diffs = train.config_differences(saved, content["config"])
+        if diffs:
+            raise ValueError(
+                f"{run_dir} holds a run of a different config ({'; '.join(diffs[:5])}); "
+                "use another --workdir for a changed sweep"
+            )
+        path.write_text(json.dumps(content, indent=2))
+        out.append((spec, run_dir))
+    return out

@@ -207,41 +207,48 @@ def write_cache(cache_BxTxNxH: Array, new_BxQxNxH: Array, index_B: Array) -> Arr
 
 
 class FusedQKV(nn.Module):
-    """GPT-2's fused query/key/value projection: one ``[D, 3D]`` kernel (and bias), three matmuls.
+    """GPT-2's fused attention input projection: one ``[D, nD]`` kernel (and bias), one matmul per column block.
 
-    Multiplying by the kernel's three column blocks instead of slicing one
-    ``[B, L, 3D]`` product keeps the backward pass free of the strided
-    gather/scatter that slicing costs (about 20% of an attention block on CPU).
+    ``parts=3``: queries, keys and values (self-attention's ``c_attn``);
+    ``parts=2``: keys and values (cross-attention's ``c_attn``, whose queries
+    come from ``q_attn``).  Multiplying by the kernel's column blocks instead
+    of slicing one ``[B, L, nD]`` product keeps the backward pass free of the
+    strided gather/scatter that slicing costs (about 20% of an attention block
+    on CPU).
 
-    Returns ``(q, k, v, value_bias_D)``; only the query bias is added here.
-    The key bias adds ``q . b_k`` to every score of a query's row, and softmax
-    is invariant to that: it cannot change the attention output and is left
-    out (its gradient is zero either way).  Attention rows sum to one, so the
-    value bias comes through attention unchanged, ``attn(q, k, v + b_v) =
-    attn(q, k, v) + b_v``: the caller adds it after attention, folded into the
-    output projection's bias (``Dense``'s ``input_bias_D``).  That is two
-    ``[T, D]`` passes fewer per layer forward and two bias-gradient reductions
-    fewer backward (Namazifar et al. 2023, "Role of Bias Terms in Dot-Product
-    Attention").  The parameters are GPT-2's, unchanged.
+    Only the query bias is added to its product.  The key bias adds ``q . b_k``
+    to every score of a query's row, and softmax is invariant to that: it
+    cannot change the attention output and is left out (its gradient is zero
+    either way).  Attention rows sum to one, so the value bias comes through
+    attention unchanged, ``attn(q, k, v + b_v) = attn(q, k, v) + b_v``: it is
+    added after attention, folded into the output projection's bias
+    (:meth:`value_bias` for ``Dense``'s ``input_bias_D``).  That is two
+    ``[T, D]`` passes fewer per attention layer forward and two bias-gradient
+    reductions fewer backward (Namazifar et al. 2023, "Role of Bias Terms in
+    Dot-Product Attention").  The parameters are GPT-2's, unchanged.
     """
 
     cfg: TransformerConfig
+    parts: int = 3
 
-    @nn.compact
-    def __call__(self, x_BxLxD: Array) -> tuple[Array, Array, Array, Array | None]:
+    def setup(self) -> None:
+        D, n = self.cfg.emb_dim, self.parts
+        self.kernel = self.param("kernel", nn.initializers.normal(stddev=0.02), (D, n * D), jnp.float32)
+        self.bias = self.param("bias", nn.initializers.zeros, (n * D,), jnp.float32) if self.cfg.use_bias else None
+
+    def __call__(self, x_BxLxD: Array) -> list[Array]:
+        """The ``parts`` projections ``[B, L, D]`` of ``x``: queries (with their bias), keys, values (without)."""
         cfg = self.cfg
-        D = x_BxLxD.shape[-1]
-        kernel_Dx3D = self.param("kernel", nn.initializers.normal(stddev=0.02), (D, 3 * D), jnp.float32)
-        bias_3D = self.param("bias", nn.initializers.zeros, (3 * D,), jnp.float32) if cfg.use_bias else None
+        D = cfg.emb_dim
         x_TxD = x_BxLxD.reshape(-1, D).astype(cfg.compute_dtype)  # one token axis: see Dense
-        q_TxD, k_TxD, v_TxD = (
-            jnp.dot(x_TxD, kernel_Dx3D[:, i * D : (i + 1) * D].astype(cfg.compute_dtype)) for i in range(3)
-        )
-        value_bias_D = None
-        if bias_3D is not None:
-            q_TxD = q_TxD + bias_3D[:D].astype(cfg.compute_dtype)
-            value_bias_D = bias_3D[2 * D :]
-        return (*(t.reshape(x_BxLxD.shape) for t in (q_TxD, k_TxD, v_TxD)), value_bias_D)
+        out = [jnp.dot(x_TxD, self.kernel[:, i * D : (i + 1) * D].astype(cfg.compute_dtype)) for i in range(self.parts)]
+        if self.parts == 3 and self.bias is not None:
+            out[0] = out[0] + self.bias[:D].astype(cfg.compute_dtype)
+        return [y_TxD.reshape(*x_BxLxD.shape[:-1], D) for y_TxD in out]
+
+    def value_bias(self) -> Array | None:
+        """``b_v [D]``, to be added after attention (None without biases)."""
+        return None if self.bias is None else self.bias[-self.cfg.emb_dim :]
 
 
 class SelfAttention(nn.Module):
@@ -265,14 +272,14 @@ class SelfAttention(nn.Module):
     ) -> tuple[Array, Cache | None]:
         cfg = self.cfg
         B, L, D = x_BxLxD.shape
-        *qkv, value_bias_D = FusedQKV(cfg, name="c_attn")(x_BxLxD)
-        q, k, v = (_heads(t.reshape(B, L, cfg.num_heads, cfg.head_dim)) for t in qkv)
+        c_attn = FusedQKV(cfg, name="c_attn")
+        q, k, v = (_heads(t.reshape(B, L, cfg.num_heads, cfg.head_dim)) for t in c_attn(x_BxLxD))
         if cache is not None:
             cache = {"k": write_cache(cache["k"], k, index_B), "v": write_cache(cache["v"], v, index_B)}
             k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
         out_BxLxD = _heads(attend(q, k, v, mask, is_causal, cfg.attention_impl)).reshape(B, L, D)
         c_proj = _dense(cfg, D, "c_proj", _residual_std(self.num_layers))
-        return c_proj(out_BxLxD, input_bias_D=value_bias_D), cache
+        return c_proj(out_BxLxD, input_bias_D=c_attn.value_bias()), cache
 
 
 class CrossAttention(nn.Module):
@@ -287,21 +294,22 @@ class CrossAttention(nn.Module):
     def setup(self) -> None:
         D = self.cfg.emb_dim
         self.q_attn = _dense(self.cfg, D, "q_attn")
-        self.c_attn = _dense(self.cfg, 2 * D, "c_attn")
+        self.c_attn = FusedQKV(self.cfg, parts=2)
         self.c_proj = _dense(self.cfg, D, "c_proj", _residual_std(self.num_layers))
 
     def kv(self, enc_BxSxD: Array) -> tuple[Array, Array]:
+        """Keys and values of an encoder output, without their biases (see ``FusedQKV``)."""
         cfg = self.cfg
         B, S, _ = enc_BxSxD.shape
-        kv_BxSx2xNxH = self.c_attn(enc_BxSxD).reshape(B, S, 2, cfg.num_heads, cfg.head_dim)
-        return _heads(kv_BxSx2xNxH[:, :, 0]), _heads(kv_BxSx2xNxH[:, :, 1])
+        k, v = (_heads(t.reshape(B, S, cfg.num_heads, cfg.head_dim)) for t in self.c_attn(enc_BxSxD))
+        return k, v
 
     def __call__(self, x_BxLxD: Array, kv: tuple[Array, Array], mask: Array | None) -> Array:
         cfg = self.cfg
         B, L, D = x_BxLxD.shape
         q_BxLxNxH = _heads(self.q_attn(x_BxLxD).reshape(B, L, cfg.num_heads, cfg.head_dim))
-        out_BxLxNxH = _heads(attend(q_BxLxNxH, kv[0], kv[1], mask, False, cfg.attention_impl))
-        return self.c_proj(out_BxLxNxH.reshape(B, L, D))
+        out_BxLxD = _heads(attend(q_BxLxNxH, kv[0], kv[1], mask, False, cfg.attention_impl)).reshape(B, L, D)
+        return self.c_proj(out_BxLxD, input_bias_D=self.c_attn.value_bias())
 
 
 class MLP(nn.Module):

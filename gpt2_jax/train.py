@@ -20,6 +20,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +316,25 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 AUTO_FIELDS = ("model.vocab_size", "model.max_len", "model.mlp_dim", "model.num_encoder_layers", "model.vector_dim")
 
 
+def config_differences(saved: dict, config_dict: dict, ignore: Collection[str] = ()) -> list[str]:
+    """``"field: saved -> new"`` for each field of ``config_dict`` (dotted names) that differs from ``saved``.
+
+    A field that ``saved`` lacks was added to the code after ``saved`` was
+    written, and counts as unchanged where ``config_dict`` holds its default: a
+    new field's default keeps the behaviour from before it existed (see
+    ``configs/default.py``), so runs and sweeps saved by older code resume.
+    """
+    from configs import default  # the one config schema
+
+    defaults = _flatten(json.loads(json.dumps(default.get_config().to_dict())))
+    old, new = _flatten(saved), _flatten(json.loads(json.dumps(config_dict)))
+    return [
+        f"{k}: {old.get(k)!r} -> {new[k]!r}"
+        for k in sorted(new)
+        if k not in ignore and old.get(k) != new[k] and not (k not in old and k in defaults and new[k] == defaults[k])
+    ]
+
+
 def check_workdir(workdir: Path, config_dict: dict, overwrite: bool) -> None:
     """Refuse a workdir that holds a run of another config (unless ``overwrite``, which clears it).
 
@@ -328,12 +348,9 @@ def check_workdir(workdir: Path, config_dict: dict, overwrite: bool) -> None:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError:
         saved = {}
-    old, new = _flatten(saved), _flatten(json.loads(json.dumps(config_dict)))
-    diffs = [
-        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
-        for k in sorted(new)
-        if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES and not (k in AUTO_FIELDS and new.get(k) == 0)
-    ]
+    given = _flatten(config_dict)
+    automatic = [k for k in AUTO_FIELDS if given.get(k) == 0]
+    diffs = config_differences(saved, config_dict, (*RESUMABLE_CHANGES, *automatic))
     if not diffs:
         return
     if not overwrite:

@@ -156,6 +156,21 @@ def test_a_failing_run_is_reported_and_does_not_stop_the_others(tmp_path):
     assert "## Failed runs" in text and "bad__s0" in text and "| bad | — | 0 (1 failed) |" in text
 
 
+def test_a_sweep_saved_before_a_config_field_existed_resumes_and_a_changed_field_is_named(tmp_path):
+    sweep = sweeps.load(f"{tiny_sweep(tmp_path)}:ok")
+    workdir = tmp_path / "sw"
+    run_json = sweeps.prepare(sweep, workdir)[0][1] / "run.json"
+    saved = json.loads(run_json.read_text())
+    del saved["config"]["model"]["pad_vocab_to"]  # as code from before that field wrote it
+    run_json.write_text(json.dumps(saved))
+    sweeps.prepare(sweep, workdir)  # the field holds its default: the same run
+    assert json.loads(run_json.read_text())["config"]["model"]["pad_vocab_to"] == 1
+    saved["config"]["model"]["pad_vocab_to"] = 64
+    run_json.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"different config \(model.pad_vocab_to: 64 -> 1\)"):
+        sweeps.prepare(sweep, workdir)
+
+
 def test_report_aggregates_seeds_on_hand_made_results(tmp_path):
     path = tiny_sweep(tmp_path)
     sweep = sweeps.load(f"{path}:ok")

@@ -373,31 +373,34 @@ def test_dense_input_bias_is_the_bias_added_to_every_input_row():
         np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-5)
 
 
-def test_key_bias_cannot_change_attention_and_value_bias_passes_through_it():
+@pytest.mark.parametrize(
+    ("arch", "attention"),
+    [("decoder_only", "attn"), ("encoder_decoder", "attn"), ("encoder_decoder", "crossattention")],
+)
+def test_key_bias_cannot_change_attention_and_value_bias_passes_through_it(arch, attention):
     """Softmax is invariant to the key bias (its gradient is zero); the value bias is added after attention."""
-    model = make("decoder_only")
-    batch = lm_example("decoder_only")
+    model = make(arch)
+    batch = lm_example(arch)
     params = init(model, batch)["params"]
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(3), p.shape), params)
     D = model.cfg.emb_dim
+    key, value = (slice(D, 2 * D), slice(2 * D, 3 * D)) if attention == "attn" else (slice(0, D), slice(D, 2 * D))
 
     def logits(p):
         return model.apply({"params": p}, batch)
 
-    def with_attn_bias(p, layer, new_bias):
-        p = jax.tree.map(lambda a: a, p)
-        p[f"h_{layer}"]["attn"]["c_attn"]["bias"] = new_bias
+    def with_bias(p, new_bias):
+        p = jax.tree.map(lambda a: a, p)  # new dicts, same arrays
+        p["h_0"][attention]["c_attn"]["bias"] = new_bias
         return p
 
-    bias = params["h_0"]["attn"]["c_attn"]["bias"]
-    other_key_bias = bias.at[D : 2 * D].add(1.0)
-    np.testing.assert_allclose(logits(with_attn_bias(params, 0, other_key_bias)), logits(params), atol=1e-5)
+    bias = params["h_0"][attention]["c_attn"]["bias"]
+    np.testing.assert_allclose(logits(with_bias(params, bias.at[key].add(1.0))), logits(params), atol=1e-5)
     grads = jax.grad(lambda p: jnp.sum(jnp.sin(logits(p))))(params)
-    g_bias = grads["h_0"]["attn"]["c_attn"]["bias"]
-    assert np.all(np.asarray(g_bias[D : 2 * D]) == 0.0)
-    assert np.abs(np.asarray(g_bias[:D])).max() > 0 and np.abs(np.asarray(g_bias[2 * D :])).max() > 0
+    g_bias = np.asarray(grads["h_0"][attention]["c_attn"]["bias"])
+    assert np.all(g_bias[key] == 0.0) and np.abs(g_bias[value]).max() > 0
     # Moving the value bias into the output projection's bias gives the same model.
-    moved = with_attn_bias(params, 0, bias.at[2 * D :].set(0.0))
-    proj = moved["h_0"]["attn"]["c_proj"]
-    proj["bias"] = proj["bias"] + bias[2 * D :] @ proj["kernel"]
+    moved = with_bias(params, bias.at[value].set(0.0))
+    proj = moved["h_0"][attention]["c_proj"]
+    proj["bias"] = proj["bias"] + bias[value] @ proj["kernel"]
     np.testing.assert_allclose(logits(moved), logits(params), atol=1e-5)

@@ -346,6 +346,18 @@ def test_workdir_check_lets_a_run_move_to_another_mesh_or_machine_but_not_become
         train.check_workdir(workdir, tiny_config(corpus=corpus, **{"model.num_heads": 4}).to_dict(), False)
 
 
+def test_a_run_saved_before_a_config_field_existed_resumes_when_the_field_holds_its_default(tmp_path):
+    corpus = write_corpus(tmp_path)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    saved = tiny_config(corpus=corpus).to_dict()
+    del saved["model"]["pad_vocab_to"]  # as code from before that field wrote it
+    (workdir / "config.json").write_text(json.dumps(saved))
+    train.check_workdir(workdir, tiny_config(corpus=corpus).to_dict(), overwrite=False)
+    with pytest.raises(CheckpointError, match=r"model.pad_vocab_to: None -> 64"):
+        train.check_workdir(workdir, tiny_config(corpus=corpus, **{"model.pad_vocab_to": 64}).to_dict(), False)
+
+
 def test_cli_reports_errors_in_one_line(tmp_path):
     corpus = write_corpus(tmp_path, text=TEXT)
     result = subprocess.run(
