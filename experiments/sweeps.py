@@ -166,8 +166,9 @@ def prepare(sweep: Sweep, workdir: Path) -> list[tuple[RunSpec, Path]]:
             "decode": spec.decode,
         }
         path = run_dir / "run.json"
-        saved = json.loads(path.read_text())["config"] if path.exists() else content["config"]
-        diffs = train.config_differences(saved, content["config"])
+        diffs = (
+            train.config_differences(json.loads(path.read_text())["config"], content["config"]) if path.exists() else []
+        )
         if diffs:
             raise ValueError(
                 f"{run_dir} holds a run of a different config ({'; '.join(diffs[:5])}); "
