@@ -68,10 +68,17 @@ def categorize(hlo_op: str, op_name: str) -> str:
 
 
 def op_names(hlo_text: str) -> dict[str, str]:
-    """HLO instruction name -> the JAX ``op_name`` it was generated from."""
+    """HLO instruction name -> the JAX ``op_name`` it was generated from.
+
+    Control flow (``while``, ``conditional``, ``call``) is left out: the CPU
+    trace times such an instruction from start to end, over the operations of
+    its body, which are counted themselves (the fused loss's ``scan`` would
+    count twice).
+    """
     out = {}
-    for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", hlo_text, re.M):
-        out.setdefault(m.group(1), m.group(2))
+    for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*?)op_name=\"([^\"]*)\"", hlo_text, re.M):
+        if not re.search(r" (?:while|conditional|call)\(", m.group(2)):
+            out.setdefault(m.group(1), m.group(3))
     return out
 
 

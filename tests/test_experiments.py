@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -283,10 +284,15 @@ def test_profile_step_attributes_the_step_time_to_matmuls_attention_and_loss(tmp
     stack_matmul = "jit(f)/transpose(jvp(Transformer.loss))/Transformer.features/h_0/attn/c_proj/transpose"
     assert profile_step.categorize("dot.9", stack_matmul) == "dense matmuls (bwd)"
     shape = bench.Shape(layers=2, width=32, heads=2, context=16, batch=2, vocab=64)
-    runner = bench.ours("decoder_only", shape)
+    runner = bench.ours("decoder_only", shape, overrides={"loss_chunk_len": "8"})  # the loss in a 2-chunk loop
     step_ms, events = profile_step.profile(runner, 2, str(tmp_path))
     per_op, per_category = profile_step.summarize(events, profile_step.op_names(runner.hlo_text), 2)
     assert step_ms > 0 and per_op and all(ms >= 0 for ms in per_op.values())
+    # The loop is not counted on top of the operations of its body.
+    loops = re.findall(r"^\s*%?([\w.\-]+) = [^\n]*? while\(", runner.hlo_text, re.M)
+    traced = {e.get("name") for e in events}
+    assert loops and set(loops) <= traced and not set(loops) & set(per_op), (loops, sorted(per_op))
+    assert any("/while/body/" in profile_step.op_names(runner.hlo_text)[op] for op in per_op)
     for category in ("dense matmuls (fwd)", "dense matmuls (bwd)", "attention (fwd)", "output layer + loss (fwd)"):
         assert per_category[category] > 0, (category, per_category)
     assert sum(per_category.values()) == pytest.approx(sum(per_op.values()))

@@ -93,6 +93,25 @@ def test_gradient_never_holds_the_whole_logits_and_scatters_no_logits():
     )
 
 
+def _dots(hlo: str) -> list[tuple[str, str]]:
+    """(output shape, lhs contracting dims) of every matmul in a compiled module."""
+    return re.findall(r"= \w+\[([\d,]*)\][^ ]* dot\(.*?lhs_contracting_dims=\{([\d,]*)\}", hlo)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a layout for XLA:CPU's matmuls; GPUs run cuBLAS calls")
+@pytest.mark.parametrize("chunk_len", [0, 32])
+def test_embedding_gradient_is_one_matmul_contracting_a_written_out_transpose(chunk_len):
+    # XLA:CPU runs a product that contracts the first axis of both operands at
+    # about half its matmul rate; the [D, V] gradient must stay [D, T] @ [T, V].
+    x, emb, targets, weights = batch(B=2, L=256, D=16, V=4096)
+    dots = _dots(_compiled_grad(x, emb, targets, weights, chunk_len).as_text())
+    assert [lhs for shape, lhs in dots if shape in ("16,4096", "4096,16")] == ["1"], dots
+    assert all(lhs == "1" for _, lhs in dots), dots
+    x2, g = x.reshape(-1, 16), jnp.asarray(np.random.default_rng(1).standard_normal((512, 4096)), jnp.float32)
+    want = jnp.einsum("td,tv->dv", x2, g, precision="highest")
+    np.testing.assert_allclose(losses.transposed_embedding_grad(x2, g), want, rtol=1e-5, atol=1e-4)
+
+
 def test_bfloat16_inputs_get_bfloat16_gradients_from_bfloat16_matmuls():
     x, emb, targets, weights = batch()
     xb, eb = x.astype(jnp.bfloat16), emb.astype(jnp.bfloat16)
