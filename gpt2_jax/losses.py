@@ -64,9 +64,10 @@ def transposed_embedding_grad(x_TxD: Array, g_TxV: Array) -> Array:
     the first axis of both operands (``"tv,td->vd"``) falls back to a slower
     matmul (one core: 40 against 76 GFLOP/s for ``[2048, 384]`` and ``[2048,
     8192]``).  The benchmark's fused output layer + loss with its gradients
-    (``[8, 256, 384]``, vocabulary 8192) took 713 instead of 785 ms on one
-    core and 350 instead of 362 ms on two (medians).  The copy is ``T x D``,
-    small next to the ``T x V x D`` matmul.
+    (``[8, 256, 384]``, vocabulary 8192) took 713 and 717 instead of 785 and
+    814 ms on one core, 350 and 392 instead of 362 and 430 ms on two (medians
+    of two runs).  The copy is ``T x D``, small next to the ``T x V x D``
+    matmul.
     """
     xt_DxT = jax.lax.optimization_barrier(jnp.swapaxes(x_TxD, -1, -2))
     return jnp.matmul(xt_DxT, g_TxV, preferred_element_type=jnp.float32)
