@@ -269,6 +269,7 @@ class SelfAttention(nn.Module):
         is_causal: bool,
         cache: Cache | None = None,
         index_B: Array | None = None,
+        prefix_causal: bool = False,
     ) -> tuple[Array, Cache | None]:
         cfg = self.cfg
         B, L, D = x_BxLxD.shape
@@ -277,7 +278,7 @@ class SelfAttention(nn.Module):
         if cache is not None:
             cache = {"k": write_cache(cache["k"], k, index_B), "v": write_cache(cache["v"], v, index_B)}
             k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
-        out_BxLxD = _heads(attend(q, k, v, mask, is_causal, cfg.attention_impl)).reshape(B, L, D)
+        out_BxLxD = _heads(attend(q, k, v, mask, is_causal, cfg.attention_impl, prefix_causal)).reshape(B, L, D)
         c_proj = _dense(cfg, D, "c_proj", _residual_std(self.num_layers))
         return c_proj(out_BxLxD, input_bias_D=c_attn.value_bias()), cache
 
@@ -354,13 +355,14 @@ class Block(nn.Module):
         x_BxLxD: Array,
         mask: Array | None,
         is_causal: bool,
+        prefix_causal: bool,
         deterministic: bool,
         cross_kv: tuple[Array, Array] | None = None,
         cross_mask: Array | None = None,
         cache: Cache | None = None,
         index_B: Array | None = None,
     ) -> tuple[Array, Cache | None]:
-        h, cache = self.attn(self.ln_1(x_BxLxD), mask, is_causal, cache, index_B)
+        h, cache = self.attn(self.ln_1(x_BxLxD), mask, is_causal, cache, index_B, prefix_causal)
         x_BxLxD = x_BxLxD + self.dropout(h, deterministic=deterministic)
         if cross_kv is not None:
             h = self.crossattention(self.ln_cross_attn(x_BxLxD), cross_kv, cross_mask)
@@ -385,7 +387,7 @@ class Transformer(nn.Module):
 
     def setup(self) -> None:
         cfg = self.cfg
-        block = nn.remat(Block, static_argnums=(3, 4)) if cfg.remat else Block
+        block = nn.remat(Block, static_argnums=(3, 4, 5)) if cfg.remat else Block
         init = nn.initializers.normal(stddev=0.02)
         self.wte = nn.Embed(cfg.table_rows, cfg.emb_dim, embedding_init=init, param_dtype=jnp.float32)
         self.h = [block(cfg, cfg.num_layers, name=f"h_{i}") for i in range(cfg.num_layers)]
@@ -445,7 +447,7 @@ class Transformer(nn.Module):
         seg = batch["encoder_segment_ids"]
         mask = masks.self_attention_mask("bidirectional", x.shape[1], segment_ids=seg)
         for block in self.encoder_h:
-            x, _ = block(x, mask, False, deterministic)
+            x, _ = block(x, mask, False, False, deterministic)
         return self.encoder_ln_f(x)
 
     def cross_kv(self, encoded_BxSxD: Array) -> list[tuple[Array, Array]]:
@@ -504,7 +506,8 @@ class Transformer(nn.Module):
             cross = masks.cross_mask(dec_seg, batch["encoder_segment_ids"])
             cross_kv = self.cross_kv(encoded)
         for i, block in enumerate(self.h):
-            x, _ = block(x, mask, is_causal, deterministic, cross_kv[i] if cross_kv else None, cross)
+            kv_i = cross_kv[i] if cross_kv else None
+            x, _ = block(x, mask, is_causal, kind != "bidirectional", deterministic, kv_i, cross)
         return self.ln_f(x)
 
     def extend(
@@ -529,7 +532,7 @@ class Transformer(nn.Module):
         new_cache = []
         for i, block in enumerate(self.h):
             kv = cross_kv[i] if cross_kv is not None else None
-            x, layer_cache = block(x, mask, False, True, kv, cross_mask, cache[i], index_B)
+            x, layer_cache = block(x, mask, False, False, True, kv, cross_mask, cache[i], index_B)
             new_cache.append(layer_cache)
         return self._head(self.ln_f(x)), new_cache
 
