@@ -189,7 +189,8 @@ def _tied_logits_bwd(res: tuple[Array, Array], g_BxLxV: Array) -> tuple[Array, A
     g_TxV = g_BxLxV.reshape(B * L, -1).astype(x_BxLxD.dtype)
     x_TxD = x_BxLxD.reshape(B * L, D)
     dx_TxD = jnp.einsum("tv,vd->td", g_TxV, embedding_VxD, preferred_element_type=jnp.float32)
-    demb_VxD = jnp.einsum("tv,td->vd", g_TxV, x_TxD, preferred_element_type=jnp.float32)
+    # As the fused loss: [D, T] @ [T, V], transposed behind a barrier (see losses.transposed_embedding_grad).
+    demb_VxD = jax.lax.optimization_barrier(losses.transposed_embedding_grad(x_TxD, g_TxV)).T
     return dx_TxD.reshape(B, L, D).astype(x_BxLxD.dtype), demb_VxD.astype(embedding_VxD.dtype)
 
 

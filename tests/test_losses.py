@@ -112,6 +112,19 @@ def test_embedding_gradient_is_one_matmul_contracting_a_written_out_transpose(ch
     np.testing.assert_allclose(losses.transposed_embedding_grad(x2, g), want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a layout for XLA:CPU's matmuls; GPUs run cuBLAS calls")
+def test_tied_logits_embedding_gradient_takes_the_same_layout():
+    # The plain forward pass's logits, which users differentiate, go through transposed_embedding_grad too.
+    from gpt2_jax.model import tied_logits
+
+    x, emb, _, _ = batch(B=2, L=256, D=16, V=4096)
+    cot = jnp.asarray(np.random.default_rng(2).standard_normal((2, 256, 4096)), jnp.float32)
+    grad = jax.jit(jax.grad(lambda x, emb: jnp.sum(tied_logits(x, emb) * cot), argnums=(0, 1)))
+    dots = _dots(grad.lower(x, emb).compile().as_text())
+    assert [lhs for shape, lhs in dots if shape in ("16,4096", "4096,16")] == ["1"], dots
+    assert all(lhs == "1" for _, lhs in dots), dots
+
+
 def test_bfloat16_inputs_get_bfloat16_gradients_from_bfloat16_matmuls():
     x, emb, targets, weights = batch()
     xb, eb = x.astype(jnp.bfloat16), emb.astype(jnp.bfloat16)
