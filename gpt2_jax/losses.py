@@ -64,10 +64,10 @@ def transposed_embedding_grad(x_TxD: Array, g_TxV: Array) -> Array:
     the first axis of both operands (``"tv,td->vd"``) falls back to a slower
     matmul (one core: 40 against 76 GFLOP/s for ``[2048, 384]`` and ``[2048,
     8192]``).  The benchmark's fused output layer + loss with its gradients
-    (``[8, 256, 384]``, vocabulary 8192) took 713 and 717 instead of 785 and
-    814 ms on one core, 350 and 392 instead of 362 and 430 ms on two (medians
-    of two runs).  The copy is ``T x D``, small next to the ``T x V x D``
-    matmul.
+    (``[8, 256, 384]``, vocabulary 8192), medians of three runs: 785 -> 713,
+    814 -> 717 and 825 -> 755 ms on one core; 362 -> 350, 430 -> 392 and
+    370 -> 367 ms on two.  The copy is ``T x D``, small next to the
+    ``T x V x D`` matmul.
     """
     xt_DxT = jax.lax.optimization_barrier(jnp.swapaxes(x_TxD, -1, -2))
     return jnp.matmul(xt_DxT, g_TxV, preferred_element_type=jnp.float32)
@@ -98,8 +98,7 @@ def _chunked(
     S = S if B % S == 0 else 1
 
     def add_embedding_grad(demb_SxDxV: Array, e_TxV: Array, x_TxD: Array) -> Array:
-        if S == 1:  # one token axis, as in model.Dense
-            return demb_SxDxV + transposed_embedding_grad(x_TxD, e_TxV)[None]
+        # Without a mesh S = 1 and XLA drops the unit axis: one plain [D, T] @ [T, V] matmul.
         demb_SxDxV = demb_SxDxV + transposed_embedding_grad(x_TxD.reshape(S, -1, D), e_TxV.reshape(S, -1, V))
         return constrain(demb_SxDxV, "batch", None, "vocab")
 
