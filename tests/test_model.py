@@ -1,5 +1,7 @@
 """The model family: names, initialisation, and causality proven by gradients."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -196,6 +198,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     np.testing.assert_allclose(logits, ref, atol=0.05)
 
 
+@jax.default_matmul_precision("float32")  # GPUs multiply float32 in TF32 by default (measured: fails there without)
 @pytest.mark.parametrize("arch", ["decoder_only", "prefix_lm", "encoder_decoder", "encoder_only"])
 def test_training_loss_equals_the_cross_entropy_of_the_models_logits(arch):
     # Transformer.loss (what train and eval steps take) fuses the output layer
@@ -243,6 +246,7 @@ def test_bfloat16_logits_are_the_logits_the_loss_reads():
     np.testing.assert_array_equal(argmax, jnp.argmax(logits, -1))
 
 
+@jax.default_matmul_precision("float32")  # as above
 def test_padded_vocabulary_is_never_predicted_and_gets_no_gradient():
     b = lm_example("decoder_only", length=10)
     V = TOK.vocab_size
@@ -371,6 +375,55 @@ def test_dense_input_bias_is_the_bias_added_to_every_input_row():
     want = jax.grad(loss, argnums=(0, 2))(params, None, b)
     for a, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gelu_is_gpt2s_tanh_gelu_with_its_derivative(dtype):
+    from gpt2_jax.model import gelu
+
+    x = (4 * jax.random.normal(jax.random.PRNGKey(0), (512,))).astype(dtype)
+    cot = jax.random.normal(jax.random.PRNGKey(1), (512,)).astype(dtype)
+    np.testing.assert_array_equal(gelu(x), jax.nn.gelu(x, approximate=True))
+    got = jax.grad(lambda x: jnp.sum(gelu(x) * cot))(x)
+    assert got.dtype == dtype
+    # The derivative of the float32 function (autodiff), against which bf16 is one rounding away.
+    want = jax.grad(lambda x: jnp.sum(jax.nn.gelu(x, approximate=True) * cot.astype(jnp.float32)))(
+        x.astype(jnp.float32)
+    )
+    tol = 1e-5 if dtype == jnp.float32 else 1e-2
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tol, atol=tol)
+
+
+def test_gelu_keeps_only_its_input_for_the_backward_pass():
+    from gpt2_jax.model import gelu
+
+    x = jnp.linspace(-3, 3, 64).astype(jnp.bfloat16)
+    _, residuals = jax.vjp(gelu, x)
+    kept = [r for r in jax.tree.leaves(residuals) if getattr(r, "shape", ()) == x.shape]
+    assert len(kept) == 1 and kept[0] is x
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuBLASLt epilogues need a GPU")
+def test_mlp_bias_and_gelu_are_the_matmuls_epilogue_under_cublaslt():
+    """Forward: one matmul writes bias + GELU and the pre-activation; no matmul runs twice.
+
+    XLA rewrites matmuls into cuBLASLt epilogues only where its Triton GEMM
+    fusion has not taken them first, hence both options.
+    """
+    from gpt2_jax.model import MLP
+
+    cfg = TransformerConfig(emb_dim=768, mlp_dim=3072, dtype="bfloat16")
+    mlp = MLP(cfg, num_layers=2)
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 128, 768), jnp.bfloat16)
+    params = mlp.init(jax.random.PRNGKey(1), x)
+    step = jax.jit(
+        jax.grad(lambda p, x: jnp.sum(mlp.apply(p, x).astype(jnp.float32) ** 2), argnums=(0, 1)),
+        compiler_options={"xla_gpu_enable_cublaslt": True, "xla_gpu_enable_triton_gemm": False},
+    )
+    hlo = step.lower(params, x).compile().as_text()
+    epilogues = re.findall(r'"epilogue":"(\w+)"', hlo)
+    assert epilogues.count("BIAS_GELU_AUX") == 1, epilogues
+    assert len(epilogues) == 6, epilogues  # two forward matmuls, four backward
 
 
 @pytest.mark.parametrize(
