@@ -138,6 +138,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_processes = 0  # distributed: processes in the job; 0 = from the cluster.
     config.process_id = -1  # distributed: this process's rank, 0 .. num_processes - 1; -1 = from the cluster.
 
+    # XLA options for the compiled train and eval steps, "name=value,..." (XLA's debug options, which XLA_FLAGS
+    # sets for a whole process); options of another backend are ignored. configs/gpt2_124m.py sets one for GPUs.
+    config.xla_options = ""
+
     # --- Failure handling ---------------------------------------------------------
     # A non-finite loss or gradient: "stop" the run naming the step (the last good
     # checkpoint stays), or "skip" the update and count it.

@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import default
-from gpt2_jax import flops, optim, train
+from gpt2_jax import flops, optim, train, validation
 from gpt2_jax.model import Transformer, TransformerConfig
 
 _ARCHS = flags.DEFINE_list(
@@ -50,6 +50,9 @@ _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per runner per round.")
 _PEER = flags.DEFINE_bool("peer", True, "Also time transformers' GPT2LMHeadModel (needs the bench extra).")
 _COMPILE_PEER = flags.DEFINE_bool("compile_peer", True, "Also time the peer under torch.compile.")
 _CONTEXTS = flags.DEFINE_list("contexts", ["128", "256", "512", "1024"], "Context sweep (decoder-only); empty = skip.")
+_XLA_OPTIONS = flags.DEFINE_string(
+    "xla_options", "", "XLA options of our compiled steps, as config.xla_options ('name=value,...')."
+)
 
 # Dense peak FLOP/s per device (no sparsity), for MFU on accelerators.
 DEVICE_PEAKS = {
@@ -166,10 +169,12 @@ def ours(
     dtype: str = "float32",
     impl: str = "xla",
     overrides: dict[str, str] | None = None,
+    xla_options: str = "",
 ) -> Runner:
     """Our jitted train step on random tokens of the given shape (an encoder-decoder splits the context in half).
 
-    ``overrides`` sets model config fields (``{"remat": "true"}``).
+    ``overrides`` sets model config fields (``{"remat": "true"}``); ``xla_options`` are
+    the step's compile options, as ``config.xla_options``.
     """
     config = _bench_config(arch, shape, dtype, impl, overrides)
     T = shape.context
@@ -203,7 +208,11 @@ def ours(
         rng=jax.random.PRNGKey(1),
         nonfinite_steps=jnp.zeros((), jnp.int32),
     )
-    step_fn = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, accum_steps=1), donate_argnums=0)
+    step_fn = jax.jit(
+        lambda s, b: train.train_step(s, b, model=model, tx=tx, accum_steps=1),
+        donate_argnums=0,
+        compiler_options=validation.xla_options(xla_options, check_names=True),
+    )
     device_batch = jax.device_put(batch)
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, device_batch).compile()
@@ -353,7 +362,7 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(os.cpu_count() or 1)  # the same cores XLA's thread pool uses
     peak, source = device_peak(_DTYPE.value)
     specs = [parse_runner(spec, _ATTENTION.value) for spec in _ARCHS.value]
-    runners = [ours(arch, shape, _DTYPE.value, impl, overrides) for arch, impl, overrides in specs]
+    runners = [ours(arch, shape, _DTYPE.value, impl, overrides, _XLA_OPTIONS.value) for arch, impl, overrides in specs]
     peers = []
     if _PEER.value:
         peers.append(peer(shape, compiled=False, dtype=_DTYPE.value))
@@ -365,7 +374,7 @@ def main(argv: list[str]) -> None:
         tokens = shape.context * shape.batch
         for ctx in (int(c) for c in _CONTEXTS.value):
             s = dataclasses.replace(shape, context=ctx, batch=max(1, tokens // ctx))
-            runner = ours("decoder_only", s, _DTYPE.value, _ATTENTION.value)
+            runner = ours("decoder_only", s, _DTYPE.value, _ATTENTION.value, xla_options=_XLA_OPTIONS.value)
             runner.name = f"decoder_only context {ctx} x batch {s.batch}"
             sweep.append(runner)
         interleave(sweep, _ROUNDS.value, _STEPS.value)
@@ -373,6 +382,8 @@ def main(argv: list[str]) -> None:
         # A noisy moment during one measurement would understate the peak (and
         # overstate MFU): measure it again after the timed rounds, keep the best.
         peak = max(peak, measure_matmul_peak())
+    if _XLA_OPTIONS.value:
+        print(f"\nours compiled with XLA options {_XLA_OPTIONS.value}")
     report(runners + peers, peak, source)
     decoder_only = [r for r, (arch, _, _) in zip(runners, specs, strict=True) if arch == "decoder_only"]
     if peers and decoder_only:

@@ -155,7 +155,7 @@ def main(argv: list[str]) -> None:
     if bench._BATCH.value:
         shape = bench.dataclasses.replace(shape, batch=bench._BATCH.value)
     arch, impl, overrides = bench.parse_runner(_ARCH.value, "cudnn" if jax.default_backend() == "gpu" else "xla")
-    runner = bench.ours(arch, shape, bench._DTYPE.value, impl, overrides)
+    runner = bench.ours(arch, shape, bench._DTYPE.value, impl, overrides, bench._XLA_OPTIONS.value)
     step_ms, events = profile(runner, bench._STEPS.value, _TRACE_DIR.value)
     names = op_names(runner.hlo_text)
     per_op, per_category = summarize(events, names, bench._STEPS.value)

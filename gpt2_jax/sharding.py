@@ -195,6 +195,9 @@ def traced_on(mesh: Mesh, fn: Callable) -> Callable:
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
             return fn(*args, **kwargs)
 
+    # A functools.partial has no name of its own: take its function's, so that
+    # profiles and XLA dumps name the program (jit_train_step, jit_eval_step).
+    with_mesh_axes.__name__ = getattr(fn, "__name__", getattr(getattr(fn, "func", None), "__name__", "step"))
     return with_mesh_axes
 
 

@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 # Fields that may change between a run and its resumption: how long it runs,
 # how often it reports, and where and how it computes (the same function on
 # another mesh or machine, with recomputation, fused attention, another loss
-# chunk length or gradient accumulation: tested equal), not what it computes.
+# chunk length, gradient accumulation or compiler options: tested equal), not
+# what it computes.
 RESUMABLE_CHANGES = (
     "num_train_steps",
     "eval_every_steps",
@@ -66,6 +67,7 @@ RESUMABLE_CHANGES = (
     "model.logits_dtype",
     "model.attention_impl",
     "optimizer.grad_accum_steps",
+    "xla_options",
 )
 
 
@@ -227,6 +229,7 @@ class Experiment:
         )
         batch_sh = sharding.batch_sharding(self.mesh)
         repl = sharding.replicated(self.mesh)
+        xla_options = validation.xla_options(config.xla_options)
         self.train_step = jax.jit(
             sharding.traced_on(
                 self.mesh,
@@ -237,11 +240,13 @@ class Experiment:
             in_shardings=(self.state_shardings, batch_sh),
             out_shardings=(self.state_shardings, repl),
             donate_argnums=0,
+            compiler_options=xla_options,
         )
         self.eval_step = jax.jit(
             sharding.traced_on(self.mesh, functools.partial(eval_step, model=self.model)),
             in_shardings=(self.param_shardings, batch_sh),
             out_shardings=repl,
+            compiler_options=xla_options,
         )
         self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
 

@@ -51,6 +51,44 @@ def _validate_processes(config) -> None:
         )
 
 
+def xla_options(spec: str, check_names: bool = False) -> dict[str, bool | int | float | str]:
+    """``config.xla_options`` (``"name=value,..."``, XLA's debug options) as ``jax.jit``'s ``compiler_options``.
+
+    ``true``/``false`` become booleans and numbers numbers.  With
+    ``check_names`` a trivial program is compiled with the options, so that a
+    name XLA does not know fails here, not at the first train step.  Options of
+    another backend (``xla_gpu_*`` on a CPU) are accepted and ignored by XLA.
+    """
+    options: dict[str, bool | int | float | str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, value = item.partition("=")
+        _require(
+            bool(sep and name.strip() and value.strip()),
+            f"config.xla_options: {item!r} is not name=value (e.g. 'xla_gpu_enable_triton_gemm=false')",
+        )
+        value = value.strip()
+        if value.lower() in ("true", "false"):
+            options[name.strip()] = value.lower() == "true"
+            continue
+        for kind in (int, float):
+            try:
+                options[name.strip()] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            options[name.strip()] = value
+    if check_names and options:
+        import jax
+        import jax.numpy as jnp
+
+        try:
+            jax.jit(lambda: jnp.zeros(()), compiler_options=options).lower().compile()
+        except jax.errors.JaxRuntimeError as e:
+            raise ConfigError(f"config.xla_options={spec!r}: {e}; see XLA's debug options for the names") from e
+    return options
+
+
 def validate(config) -> None:
     """Check every field of a run config; raise ConfigError on the first problem."""
     m, d, o = config.model, config.data, config.optimizer
@@ -93,6 +131,7 @@ def validate(config) -> None:
         )
 
     _validate_processes(config)
+    xla_options(config.xla_options, check_names=True)
     _one_of(d.dataset, DATASETS, "config.data.dataset")
     _one_of(d.tokenizer, TOKENIZERS, "config.data.tokenizer")
     _one_of(d.objective, OBJECTIVES, "config.data.objective")

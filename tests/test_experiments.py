@@ -228,7 +228,7 @@ def test_sweep_runs_on_a_ray_cluster(tmp_path):
     assert "a__s0: done" in result.stdout
 
 
-def test_benchmark_times_every_runner_and_reports_mfu(capsys):
+def test_benchmark_times_every_runner_and_reports_mfu(capsys, tmp_path):
     from experiments import bench
 
     shape = bench.Shape(layers=1, width=32, heads=2, context=16, batch=2, vocab=64)
@@ -246,7 +246,10 @@ def test_benchmark_times_every_runner_and_reports_mfu(capsys):
     with pytest.raises(ValueError, match="unknown model config field 'remats'"):
         bench._bench_config("decoder_only", shape, "float32", "xla", overrides={"remats": "true"})
     runners = [bench.ours(arch, shape) for arch in ("decoder_only", "encoder_decoder")]
-    runners.append(bench.ours("decoder_only", shape, overrides={"loss_chunk_len": "4"}))
+    runners.append(
+        bench.ours("decoder_only", shape, overrides={"loss_chunk_len": "4"}, xla_options=f"xla_dump_to={tmp_path}")
+    )
+    assert any(".jit__lambda." in p.name for p in tmp_path.iterdir()), "the runner compiles with its XLA options"
     assert runners[-1].name == "ours decoder_only loss_chunk_len=4"
     bench.interleave(runners, rounds=2, steps=2)
     assert [len(r.times) for r in runners] == [2, 2, 2] and all(t > 0 for r in runners for t in r.times)

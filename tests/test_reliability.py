@@ -271,6 +271,8 @@ BAD_INPUTS = {
     "float16 logits": (_set(**{"model.logits_dtype": "float16"}), "config.model.logits_dtype"),
     "unknown dtype": (_set(**{"model.dtype": "float16"}), "config.model.dtype='float16'"),
     "cudnn without a GPU": (_set(**{"model.attention_impl": "cudnn"}), "needs a GPU"),
+    "XLA option without a value": (_set(xla_options="xla_gpu_enable_triton_gemm"), "is not name=value"),
+    "unknown XLA option": (_set(xla_options="xla_gpu_enable_tritton_gemm=false"), "xla_gpu_enable_tritton_gemm"),
     "sharing without an encoder": (_set(**{"model.share_encoder_decoder": True}), "needs arch='encoder_decoder'"),
     "encoder-only on causal LM": (_set(**{"model.arch": "encoder_only", "data.objective": "lm"}), "objective='mlm'"),
     "masked LM on a decoder": (_set(**{"data.objective": "mlm"}), "needs config.model.arch='encoder_only'"),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from gpt2_jax import optim, train
+from gpt2_jax import optim, train, validation
 from gpt2_jax.metrics_writer import read_metrics
 from tests.helpers import tiny_config, write_corpus
 
@@ -51,6 +51,23 @@ def test_gradient_accumulation_equals_full_batch(corpus):
     np.testing.assert_allclose(m1["loss_sum"], m4["loss_sum"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_xla_options_reach_the_compiled_steps_and_change_nothing_computed(tmp_path, corpus):
+    """``xla_dump_to`` makes XLA write the programs it compiles: the option reached the train and eval steps."""
+    assert validation.xla_options(" a=true, b=3 ,c=0.5,d=x,") == {"a": True, "b": 3, "c": 0.5, "d": "x"}
+    dump = tmp_path / "xla_dump"
+    results = {}
+    for options in ("", f"xla_dump_to={dump},xla_cpu_enable_fast_math=false"):
+        exp = train.Experiment(tiny_config("decoder_only", corpus, xla_options=options))
+        state = exp.init_state()
+        batch = exp.place(next(exp.data.train_iterator()))
+        state, metrics = exp.train_step(state, batch)
+        results[options] = (jax.device_get(metrics["loss_sum"]), exp.evaluate(state.params)["loss"])
+    dumped = {p.name for p in dump.iterdir()}
+    assert any(".jit_train_step." in name for name in dumped) and any(".jit_eval_step." in name for name in dumped)
+    (a, b) = results.values()
+    np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_weight_decay_mask_and_schedule():
