@@ -188,6 +188,7 @@ class Experiment:
 
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
         validation.validate(config)
+        validation.validate_on_backend(config)
         self.config = config
         self.data = data_lib.build(config)
         self.model_config = model_config(
@@ -229,7 +230,7 @@ class Experiment:
         )
         batch_sh = sharding.batch_sharding(self.mesh)
         repl = sharding.replicated(self.mesh)
-        xla_options = validation.xla_options(config.xla_options)
+        xla_options = validation.xla_options(config.xla_options)  # names checked by validate_on_backend
         self.train_step = jax.jit(
             sharding.traced_on(
                 self.mesh,

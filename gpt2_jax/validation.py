@@ -89,8 +89,23 @@ def xla_options(spec: str, check_names: bool = False) -> dict[str, bool | int | 
     return options
 
 
+def validate_on_backend(config) -> None:
+    """The checks that start JAX's backend, which a multi-host run may do only after ``jax.distributed.initialize()``.
+
+    :func:`validate` leaves the backend alone; the experiment calls this before it builds anything.
+    """
+    import jax
+
+    if config.model.attention_impl == "cudnn":
+        _require(
+            jax.default_backend() == "gpu",
+            f"config.model.attention_impl='cudnn' needs a GPU, but JAX runs on {jax.default_backend()!r}; use 'xla'",
+        )
+    xla_options(config.xla_options, check_names=True)
+
+
 def validate(config) -> None:
-    """Check every field of a run config; raise ConfigError on the first problem."""
+    """Check every field of a run config that needs no JAX backend; raise ConfigError on the first problem."""
     m, d, o = config.model, config.data, config.optimizer
     _one_of(m.arch, ARCHITECTURES, "config.model.arch")
     for field in ("num_layers", "num_heads", "emb_dim"):
@@ -111,13 +126,6 @@ def validate(config) -> None:
     _one_of(m.dtype, tuple(DTYPES), "config.model.dtype")
     _one_of(m.logits_dtype, tuple(DTYPES), "config.model.logits_dtype")
     _one_of(m.attention_impl, ATTENTION_IMPLS, "config.model.attention_impl")
-    if m.attention_impl == "cudnn":
-        import jax
-
-        _require(
-            jax.default_backend() == "gpu",
-            f"config.model.attention_impl='cudnn' needs a GPU, but JAX runs on {jax.default_backend()!r}; use 'xla'",
-        )
     _one_of(m.positional, POSITIONALS, "config.model.positional")
     if m.share_encoder_decoder:
         _require(
@@ -131,7 +139,7 @@ def validate(config) -> None:
         )
 
     _validate_processes(config)
-    xla_options(config.xla_options, check_names=True)
+    xla_options(config.xla_options)
     _one_of(d.dataset, DATASETS, "config.data.dataset")
     _one_of(d.tokenizer, TOKENIZERS, "config.data.tokenizer")
     _one_of(d.objective, OBJECTIVES, "config.data.objective")

@@ -293,6 +293,26 @@ BAD_INPUTS = {
 }
 
 
+def test_validation_leaves_the_backend_for_jax_distributed_initialize():
+    """A multi-host run calls ``jax.distributed.initialize()`` after ``validate``, before JAX's backend may start.
+
+    The checks that need the backend (cuDNN needs a GPU, XLA knows the option
+    names) run when the experiment is built, and still fail before a file is
+    written (``test_bad_input_fails_early_with_one_actionable_line``).
+    """
+    code = (
+        "from jax._src import xla_bridge\n"
+        "from gpt2_jax import validation\n"
+        "from tests.helpers import tiny_config\n"
+        "config = tiny_config(distributed=True, xla_options='xla_gpu_enable_triton_gemm=false')\n"
+        "config.model.attention_impl = 'cudnn'\n"
+        "validation.validate(config)\n"
+        "assert not xla_bridge.backends_are_initialized()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_fails_early_with_one_actionable_line(case, finished_run, tmp_path):
     corpus, workdir = finished_run
