@@ -22,8 +22,8 @@ def get_config(mode: str = "scratch"):
     config.model.dtype = "bfloat16"
     config.model.pad_vocab_to = 64  # 50257 -> 50304 token-table rows, as nanoGPT
     config.model.dropout_rate = 0.0
-    # GPUs: cuBLAS for every matmul instead of XLA's Triton GEMM fusions. The batch-64 step measured +1.2-1.8% on an
-    # H100 and +1.4% on an H200 (docs/results/gpu_h100, docs/results/gpu_h200/session4); ignored elsewhere.
+    # GPUs: cuBLAS for every matmul instead of XLA's Triton GEMM fusions. The batch-64 step measured +1.8% on an H100
+    # (+0.9-1.4% with cuBLASLt on) and +1.4% on an H200 (docs/results/gpu_h100, gpu_h200/session4); ignored elsewhere.
     config.xla_options = "xla_gpu_enable_triton_gemm=false"
     config.batch_size = 8
     config.eval_batch_size = 8
