@@ -1,7 +1,9 @@
-"""Config validation before anything is built or compiled.
+"""Config validation before anything is built.
 
-Each check raises :class:`~gpt2_jax.errors.ConfigError` with a message that
-names the field and says what to change.
+:func:`validate` needs no JAX backend (a multi-host run calls it before
+``jax.distributed.initialize()``); :func:`validate_on_backend` holds the checks
+that start one.  Each check raises :class:`~gpt2_jax.errors.ConfigError` with
+a message that names the field and says what to change.
 """
 
 from __future__ import annotations
