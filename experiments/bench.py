@@ -4,7 +4,8 @@
 a fixed shape (6 layers, width 384, 6 heads, context 256, batch 8, vocabulary
 8192; GPT-2 124M with ``--shape=gpt2_124m`` on accelerators):
 
-* steady-state training tokens/s and step time (median over interleaved rounds),
+* steady-state training tokens/s and step time (median over interleaved rounds)
+  and the spread of the rounds (how far noise moved them),
 * compile time, XLA's peak-memory estimate of the compiled step,
 * model FLOP utilisation: model FLOPs (``6N + 12 L d T`` per token, see
   :mod:`gpt2_jax.flops`) per second over the peak -- on CPU a matmul peak
@@ -136,6 +137,10 @@ class Runner:
 
     def median(self) -> float:
         return statistics.median(self.times)
+
+    def spread(self) -> float:
+        """(slowest - fastest round) / median step time: how far this machine's noise moved the rounds."""
+        return (max(self.times) - min(self.times)) / self.median()
 
 
 def _parse_value(text: str, like):
@@ -322,15 +327,19 @@ def interleave(runners: list[Runner], rounds: int, steps: int) -> None:
 def report(runners: list[Runner], peak: float, peak_source: str) -> None:
     print(f"\npeak: {peak / 1e9:.1f} GFLOP/s ({peak_source})")
     width = max([42] + [len(r.name) for r in runners])
-    header = f"{'runner':{width}s} {'tokens/s':>9s} {'step ms':>8s} {'compile s':>9s} {'peak MB':>8s} {'MFU':>6s}"
+    header = (
+        f"{'runner':{width}s} {'tokens/s':>9s} {'step ms':>8s} {'spread':>7s} {'compile s':>9s} {'peak MB':>8s} "
+        f"{'MFU':>6s}"
+    )
     print(header)
     print("-" * len(header))
     for r in runners:
         t = r.median()
         print(
-            f"{r.name:{width}s} {r.tokens_per_step / t:9.0f} {1000 * t:8.1f} {r.compile_s:9.1f} "
+            f"{r.name:{width}s} {r.tokens_per_step / t:9.0f} {1000 * t:8.1f} {r.spread():7.0%} {r.compile_s:9.1f} "
             f"{r.memory_bytes / 2**20:8.0f} {r.flops_per_step / t / peak:6.1%}"
         )
+    print("(spread: slowest minus fastest round over the median; figures whose difference is within it are noise)")
 
 
 def parse_runner(spec: str, default_impl: str) -> tuple[str, str, dict[str, str]]:

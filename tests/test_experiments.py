@@ -262,6 +262,8 @@ def test_benchmark_times_every_runner_and_reports_mfu(capsys, tmp_path):
     lines = capsys.readouterr().out.splitlines()
     row = next(line for line in lines if line.startswith("ours decoder_only"))
     tokens_per_s, mfu = float(row.split()[2]), float(row.split()[-1].rstrip("%"))
+    spread = float(row.split()[4].rstrip("%"))
+    assert spread == pytest.approx(100 * (max(do.times) - min(do.times)) / do.median(), abs=0.5)
     assert tokens_per_s == pytest.approx(32 / do.median(), rel=0.01)
     assert mfu == pytest.approx(100 * do.flops_per_step / do.median() / 1e9, rel=0.01)
 
