@@ -334,8 +334,10 @@ def gelu(x: Array) -> Array:
     GELU run as the matmul's cuBLASLt epilogue (``BIAS_GELU_AUX``).  The
     rewriter needs every intermediate of the expression to have one user,
     which autodiff's reuse of ``tanh`` breaks; the backward pass computes in
-    float32, an expression CSE does not merge with the forward's.  (That
-    epilogue measured no faster for the whole step, so no config turns it on.)
+    float32, an expression CSE does not merge with the forward's.  With Triton
+    GEMMs off alone (``configs/gpt2_124m.py``), XLA's autotuner picked
+    cuBLASLt and this epilogue by itself on an H100
+    (``docs/results/gpu_h100/session7``).
     """
     return jax.nn.gelu(x, approximate=True)
 
