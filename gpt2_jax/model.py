@@ -336,8 +336,8 @@ def gelu(x: Array) -> Array:
     which autodiff's reuse of ``tanh`` breaks; the backward pass computes in
     float32, an expression CSE does not merge with the forward's.  With Triton
     GEMMs off alone (``configs/gpt2_124m.py``), XLA's autotuner picked
-    cuBLASLt and this epilogue by itself on an H100
-    (``docs/results/gpu_h100/session7``).
+    cuBLASLt and this epilogue by itself in an H100 profile of a variant of
+    this model with the same MLP (``docs/results/gpu_h100/session7``).
     """
     return jax.nn.gelu(x, approximate=True)
 
