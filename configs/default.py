@@ -139,7 +139,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.process_id = -1  # distributed: this process's rank, 0 .. num_processes - 1; -1 = from the cluster.
 
     # XLA options for the compiled train and eval steps, "name=value,..." (XLA's debug options, which XLA_FLAGS
-    # sets for a whole process); options of another backend are ignored. configs/gpt2_124m.py sets one for GPUs.
+    # sets for a whole process). XLA:CPU ignores xla_gpu_* options (tested); other backends are untested, and
+    # an option a backend rejects fails at set-up. configs/gpt2_124m.py sets one for GPUs.
     config.xla_options = ""
 
     # --- Failure handling ---------------------------------------------------------

@@ -63,23 +63,22 @@ def xla_options(spec: str, check_names: bool = False) -> dict[str, bool | int | 
     """
     options: dict[str, bool | int | float | str] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, sep, value = item.partition("=")
+        name, sep, value = (part.strip() for part in item.partition("="))
         _require(
-            bool(sep and name.strip() and value.strip()),
+            bool(sep and name and value),
             f"config.xla_options: {item!r} is not name=value (e.g. 'xla_gpu_enable_triton_gemm=false')",
         )
-        value = value.strip()
         if value.lower() in ("true", "false"):
-            options[name.strip()] = value.lower() == "true"
+            options[name] = value.lower() == "true"
             continue
         for kind in (int, float):
             try:
-                options[name.strip()] = kind(value)
+                options[name] = kind(value)
                 break
             except ValueError:
                 continue
         else:
-            options[name.strip()] = value
+            options[name] = value
     if check_names and options:
         import jax
         import jax.numpy as jnp
