@@ -3,8 +3,11 @@
 Read and written with ``safetensors``' numpy API (no PyTorch).  GPT-2's
 ``Conv1D`` weights are stored ``[in, out]``, the same layout as a Flax
 ``Dense`` kernel, so the mapping is a renaming: ``transformer.h.{i}.attn.c_attn.weight``
--> ``h_{i}/attn/c_attn/kernel``, LayerNorm ``weight`` -> ``scale``.  The LM head
-is tied to ``wte`` in both.
+-> ``h_{i}/attn/c_attn/kernel``, LayerNorm ``weight`` -> ``scale``.  The one
+reshape: ``c_attn``'s ``[D, 3D]`` weight and ``[3D]`` bias hold the queries',
+keys' and values' columns one after another; ours keep them on an axis of their
+own (``[D, 3, D]``, ``[3, D]``; see ``model.FusedQKV``).  The LM head is tied to
+``wte`` in both.
 
 The four published sizes are :data:`SIZES` (124M, 355M, 774M, 1.5B).
 """
@@ -105,6 +108,19 @@ def _hf_name(path: tuple[str, ...]) -> str:
     return "transformer." + ".".join([*module, suffix])
 
 
+def _is_fused_qkv(path: tuple[str, ...]) -> bool:
+    return len(path) >= 2 and path[-2] == "c_attn"
+
+
+def _to_ours(path: tuple[str, ...], tensor: np.ndarray, width: int) -> np.ndarray:
+    """GPT-2's ``c_attn`` ``[D, 3D]`` / ``[3D]`` as our ``[D, 3, D]`` / ``[3, D]``; other tensors unchanged."""
+    return tensor.reshape(*tensor.shape[:-1], -1, width) if _is_fused_qkv(path) else tensor
+
+
+def _to_hf(path: tuple[str, ...], tensor: np.ndarray) -> np.ndarray:
+    return tensor.reshape(*tensor.shape[:-2], -1) if _is_fused_qkv(path) else tensor
+
+
 def _resolve(path_or_name: str) -> Path:
     path = Path(path_or_name).expanduser()
     if path.is_dir():
@@ -140,7 +156,7 @@ def load(path_or_name: str, pad_vocab_to: int = 1) -> tuple[TransformerConfig, d
     for name, tensor in load_file(str(folder / "model.safetensors")).items():
         path = _our_path(name)
         if path is not None:
-            flat[path] = np.asarray(tensor, np.float32)
+            flat[path] = _to_ours(path, np.asarray(tensor, np.float32), cfg.emb_dim)
     wte = flat[("wte", "embedding")]
     flat[("wte", "embedding")] = np.pad(wte, [(0, cfg.table_rows - len(wte)), (0, 0)])
     return cfg, traverse_util.unflatten_dict(flat)
@@ -155,7 +171,7 @@ def save(params: dict[str, Any], cfg: TransformerConfig, folder: str | Path) -> 
     hf_config = config_to_hf(cfg)
     flat = traverse_util.flatten_dict(params)
     flat[("wte", "embedding")] = np.asarray(flat[("wte", "embedding")])[: cfg.vocab_size]  # without padded rows
-    tensors = {_hf_name(path): np.ascontiguousarray(np.asarray(v, np.float32)) for path, v in flat.items()}
+    tensors = {_hf_name(p): np.ascontiguousarray(_to_hf(p, np.asarray(v, np.float32))) for p, v in flat.items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(hf_config, indent=2))
     return folder

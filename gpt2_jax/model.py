@@ -16,7 +16,7 @@ output embeddings, GPT-2's initialisation (std 0.02, residual projections
 scaled by 1/sqrt(2 * n_layer)) and GPT-2's parameter names (``wte``, ``wpe``,
 ``h_{i}/ln_1``, ``h_{i}/attn/c_attn``, ``h_{i}/attn/c_proj``, ``h_{i}/ln_2``,
 ``h_{i}/mlp/c_fc``, ``h_{i}/mlp/c_proj``, ``ln_f``), so GPT-2 checkpoints map
-onto the decoder-only model one-to-one.  Cross-attention follows Hugging
+onto the decoder-only model one-to-one (``c_attn`` reshaped: see ``FusedQKV``).  Cross-attention follows Hugging
 Face's GPT-2 names (``ln_cross_attn``, ``crossattention/q_attn``,
 ``crossattention/c_attn``, ``crossattention/c_proj``).  The encoder of an
 encoder-decoder model lives under ``encoder_wpe``, ``encoder_h_{i}`` and
@@ -208,14 +208,19 @@ def write_cache(cache_BxTxNxH: Array, new_BxQxNxH: Array, index_B: Array) -> Arr
 
 
 class FusedQKV(nn.Module):
-    """GPT-2's fused attention input projection: one ``[D, nD]`` kernel (and bias), one matmul per column block.
+    """GPT-2's fused attention input projection: one ``[D, n, D]`` kernel (and ``[n, D]`` bias), one matmul per part.
 
     ``parts=3``: queries, keys and values (self-attention's ``c_attn``);
     ``parts=2``: keys and values (cross-attention's ``c_attn``, whose queries
-    come from ``q_attn``).  Multiplying by the kernel's column blocks instead
-    of slicing one ``[B, L, nD]`` product keeps the backward pass free of the
-    strided gather/scatter that slicing costs (about 20% of an attention block
-    on CPU).
+    come from ``q_attn``).  The kernel is GPT-2's ``[D, nD]`` ``c_attn`` with
+    its column blocks on an axis of their own (``hf_gpt2`` reshapes it), so
+    that tensor parallelism can split every part over ``tensor`` (each device
+    holds its heads' queries, keys and values; see ``sharding.param_spec``):
+    split along one ``nD`` axis, a device would hold all queries and some keys,
+    and every step would move kernel slices between devices.  Multiplying by
+    each part's kernel instead of slicing one ``[B, L, nD]`` product keeps the
+    backward pass free of the strided gather/scatter that slicing costs (about
+    20% of an attention block on CPU).
 
     Only the query bias is added to its product.  The key bias adds ``q . b_k``
     to every score of a query's row, and softmax is invariant to that: it
@@ -234,22 +239,22 @@ class FusedQKV(nn.Module):
 
     def setup(self) -> None:
         D, n = self.cfg.emb_dim, self.parts
-        self.kernel = self.param("kernel", nn.initializers.normal(stddev=0.02), (D, n * D), jnp.float32)
-        self.bias = self.param("bias", nn.initializers.zeros, (n * D,), jnp.float32) if self.cfg.use_bias else None
+        self.kernel = self.param("kernel", nn.initializers.normal(stddev=0.02), (D, n, D), jnp.float32)
+        self.bias = self.param("bias", nn.initializers.zeros, (n, D), jnp.float32) if self.cfg.use_bias else None
 
     def __call__(self, x_BxLxD: Array) -> list[Array]:
         """The ``parts`` projections ``[B, L, D]`` of ``x``: queries (with their bias), keys, values (without)."""
         cfg = self.cfg
         D = cfg.emb_dim
         x_TxD = x_BxLxD.reshape(-1, D).astype(cfg.compute_dtype)  # one token axis: see Dense
-        out = [jnp.dot(x_TxD, self.kernel[:, i * D : (i + 1) * D].astype(cfg.compute_dtype)) for i in range(self.parts)]
+        out = [jnp.dot(x_TxD, self.kernel[:, i].astype(cfg.compute_dtype)) for i in range(self.parts)]
         if self.parts == 3 and self.bias is not None:
-            out[0] = out[0] + self.bias[:D].astype(cfg.compute_dtype)
+            out[0] = out[0] + self.bias[0].astype(cfg.compute_dtype)
         return [y_TxD.reshape(*x_BxLxD.shape[:-1], D) for y_TxD in out]
 
     def value_bias(self) -> Array | None:
         """``b_v [D]``, to be added after attention (None without biases)."""
-        return None if self.bias is None else self.bias[-self.cfg.emb_dim :]
+        return None if self.bias is None else self.bias[-1]
 
 
 class SelfAttention(nn.Module):

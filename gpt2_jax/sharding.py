@@ -10,7 +10,10 @@ Batches are split over ``data`` x ``fsdp``.  Every parameter gets a
 ``PartitionSpec`` from :func:`param_spec`, chosen by its name: the input
 dimension of a matmul kernel over ``fsdp`` and its output dimension over
 ``tensor`` for the column-parallel projections (``c_attn``, ``q_attn``,
-``c_fc``), the other way round for the row-parallel ones (``c_proj``).
+``c_fc``), the other way round for the row-parallel ones (``c_proj``).  The
+fused ``c_attn`` kernel ``[D, parts, D]`` splits each part alike, so a device
+holds the queries, keys and values of its own heads and the projection moves
+no weights between devices.
 Optimizer moments follow their parameter, because their tree paths end with
 the parameter's path.  ``jax.jit`` gets these shardings explicitly and XLA
 inserts the collectives.
@@ -104,13 +107,14 @@ def param_spec(names: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh) -> P:
         return P()
     leaf = names[-1]
     layer = names[-2] if len(names) > 1 else ""
-    if leaf == "kernel" and len(shape) == 2:
-        d_in, d_out = shape
+    if leaf == "kernel" and len(shape) in (2, 3):
+        # [D_in, D_out], or a fused projection's [D_in, parts, D_out]: each part split alike.
+        d_in, *parts, d_out = shape
         if layer in COLUMN_PARALLEL:
-            return P(_fits(d_in, "fsdp", mesh), _fits(d_out, "tensor", mesh))
-        return P(_fits(d_in, "tensor", mesh), _fits(d_out, "fsdp", mesh))
+            return P(_fits(d_in, "fsdp", mesh), *[None] * len(parts), _fits(d_out, "tensor", mesh))
+        return P(_fits(d_in, "tensor", mesh), *[None] * len(parts), _fits(d_out, "fsdp", mesh))
     if leaf == "bias" and layer in COLUMN_PARALLEL:
-        return P(_fits(shape[0], "tensor", mesh))
+        return P(*[None] * (len(shape) - 1), _fits(shape[-1], "tensor", mesh))
     if leaf == "embedding":
         rows, width = shape
         # The token table is vocabulary-parallel; position tables only split their width.

@@ -28,7 +28,7 @@ def model_and_params(arch: str, seed: int = 0, **overrides):
     b = full_batch(arch, np.full((1, 4), 5, np.int32), prefix=2, source=np.full((1, 3), 5, np.int32))
     params = model.init(jax.random.PRNGKey(seed), b)["params"]
     # Larger weights make the logits far from uniform, so argmax ties cannot hide bugs.
-    params = jax.tree.map(lambda x: x * 4.0 if x.ndim == 2 else x, params)
+    params = jax.tree.map(lambda x: x * 4.0 if x.ndim >= 2 else x, params)  # kernels (biases are zero)
     return model, params
 
 

@@ -66,8 +66,8 @@ def test_gpt2_parameter_names_and_shapes():
             {
                 f"h_{i}/ln_1/scale": (D,),
                 f"h_{i}/ln_1/bias": (D,),
-                f"h_{i}/attn/c_attn/kernel": (D, 3 * D),
-                f"h_{i}/attn/c_attn/bias": (3 * D,),
+                f"h_{i}/attn/c_attn/kernel": (D, 3, D),  # GPT-2's [D, 3D], one axis per part
+                f"h_{i}/attn/c_attn/bias": (3, D),
                 f"h_{i}/attn/c_proj/kernel": (D, D),
                 f"h_{i}/attn/c_proj/bias": (D,),
                 f"h_{i}/ln_2/scale": (D,),
@@ -89,7 +89,7 @@ def test_encoder_decoder_names_cross_attention_and_sharing():
     assert {"encoder_h_0", "encoder_h_1", "encoder_h_2"} <= names and "encoder_h_3" not in names
     assert set(params["h_0"]) == {"ln_1", "attn", "ln_cross_attn", "crossattention", "ln_2", "mlp"}
     assert set(params["h_0"]["crossattention"]) == {"q_attn", "c_attn", "c_proj"}
-    assert params["h_0"]["crossattention"]["c_attn"]["kernel"].shape == (16, 32)
+    assert params["h_0"]["crossattention"]["c_attn"]["kernel"].shape == (16, 2, 16)
     assert "crossattention" not in params["encoder_h_0"]
 
     shared = init(make("encoder_decoder", share_encoder_decoder=True), b)["params"]
@@ -436,8 +436,7 @@ def test_key_bias_cannot_change_attention_and_value_bias_passes_through_it(arch,
     batch = lm_example(arch)
     params = init(model, batch)["params"]
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(3), p.shape), params)
-    D = model.cfg.emb_dim
-    key, value = (slice(D, 2 * D), slice(2 * D, 3 * D)) if attention == "attn" else (slice(0, D), slice(D, 2 * D))
+    key, value = (1, 2) if attention == "attn" else (0, 1)
 
     def logits(p):
         return model.apply({"params": p}, batch)

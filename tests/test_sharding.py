@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -75,6 +76,31 @@ def test_fsdp_step_moves_weights_not_activations(tmp_path, arch):
     assert sum(moved.values()) < 2.5 * param_bytes, f"{dict(moved)} for {param_bytes} bytes of parameters"
 
 
+@pytest.mark.parametrize("arch", ["decoder_only", "encoder_decoder"])
+def test_tensor_parallel_attention_projections_move_no_weights(tmp_path, arch):
+    """Over ``tensor`` each device projects its own heads' queries, keys and values from its own kernel slices.
+
+    With GPT-2's ``[D, 3D]`` kernel split along its ``3D`` axis, device 0 held
+    the queries and half the keys: every step moved kernel slices forward and
+    their gradients backward (collective-permutes of 12.7 kB here, of a 58 kB
+    model).  The ``[D, 3, D]`` kernel splits each part alike; what ``tensor``
+    still exchanges is activations (all-reduces of the row-parallel outputs and
+    of the column-parallel input gradients).
+    """
+    config = tiny_config(arch, write_corpus(tmp_path), **mesh_config(1, 1, 2))
+    config.model.num_layers, config.model.pad_vocab_to = 1, 2
+    exp = train.Experiment(config)
+    assert exp.state_shardings.params["h_0"]["attn"]["c_attn"]["kernel"].spec == P("fsdp", None, "tensor")
+    hlo = exp.train_step.lower(exp.init_state(), exp.place(next(exp.data.train_iterator()))).compile().as_text()
+    moved_weights = [
+        line.strip()
+        for line in hlo.splitlines()
+        if re.search(r" (all-gather|all-to-all|collective-permute)\(", line) and "_attn" in line
+    ]
+    assert moved_weights == [], moved_weights
+    assert collective_bytes(hlo)["all-reduce"] > 0, "tensor parallelism still reduces the partial sums"
+
+
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2)])
 def test_chunked_loss_moves_no_weight_gradient_inside_its_loop(tmp_path, mesh):
     """The fused loss's embedding gradient is summed over the row shards after its loop, not after every chunk.
@@ -135,7 +161,8 @@ def test_activation_constraints_apply_only_on_a_multi_device_mesh():
 
 def test_partition_rules():
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    assert sharding.param_spec(("h_0", "attn", "c_attn", "kernel"), (32, 96), mesh) == P("fsdp", "tensor")
+    assert sharding.param_spec(("h_0", "attn", "c_attn", "kernel"), (32, 3, 32), mesh) == P("fsdp", None, "tensor")
+    assert sharding.param_spec(("h_0", "attn", "c_attn", "bias"), (3, 32), mesh) == P(None, "tensor")
     assert sharding.param_spec(("h_0", "attn", "c_proj", "kernel"), (32, 32), mesh) == P("tensor", "fsdp")
     assert sharding.param_spec(("h_0", "crossattention", "q_attn", "kernel"), (32, 32), mesh) == P("fsdp", "tensor")
     assert sharding.param_spec(("h_0", "mlp", "c_fc", "bias"), (128,), mesh) == P("tensor")
