@@ -29,6 +29,9 @@ _ALPHA = flags.DEFINE_float("alpha", 0.6, "Beam search length penalty.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "Longest output.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Sources decoded together.")
 _LIMIT = flags.DEFINE_integer("limit", 0, "Evaluate only the first N examples (0 = all).")
+_MESH = flags.DEFINE_string(
+    "mesh", "", "Mesh to load the run onto, data,fsdp,tensor (-1 = the rest, e.g. -1,1,2); empty = the run's own."
+)
 
 
 def decode_split(
@@ -72,7 +75,7 @@ def language_model_scores(run: runs.Run, split: str) -> dict:
     """Teacher-forced loss of a split, as perplexity and bits."""
     from gpt2_jax import train
 
-    exp = train.Experiment(run.config)
+    exp = train.Experiment(run.config, mesh=run.mesh)
     if split not in exp.data.eval_splits:
         raise UserError(f"split {split!r} not found; this run's data has {', '.join(exp.data.eval_splits)}")
     metrics = exp.evaluate(run.params, split)
@@ -89,7 +92,7 @@ def language_model_scores(run: runs.Run, split: str) -> dict:
 def main(argv: list[str]) -> None:
     del argv
     try:
-        run = runs.load(_WORKDIR.value)
+        run = runs.load(_WORKDIR.value, runs.parse_mesh(_MESH.value))
         if run.config.data.dataset in PAIRED_DATASETS:
             result = decode_split(
                 run, _SPLIT.value, _BEAM.value, _ALPHA.value, _MAX_NEW.value, _BATCH.value, _LIMIT.value

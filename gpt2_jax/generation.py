@@ -42,30 +42,36 @@ def complete(
     seed: int = 0,
     rows: int = 0,
 ) -> list[str]:
-    """Continue (or translate) every text; returns the generated text without the stop token."""
+    """Continue (or translate) every text; returns the generated text without the stop token.
+
+    Decoding runs on the run's mesh (see :mod:`gpt2_jax.runs`): rows split
+    over its batch axes when they divide, heads over ``tensor``.
+    """
     inputs = decode_inputs(run, texts, rows)
     width = 0 if run.arch == "encoder_decoder" else inputs["prompt_tokens"].shape[1]
     n = min(max_new_tokens, run.model.cfg.max_len - width)
     if n < 1:
         raise UserError(f"the prompt fills all {run.model.cfg.max_len} positions of the model; shorten it")
     eos = run.tokenizer.eos_id
-    if beam_size:
-        tokens, lengths = decoding.beam_search(
-            run.params, inputs, model=run.model, max_new_tokens=n, eos_id=eos, beam_size=beam_size, alpha=alpha
-        )
-    else:
-        tokens, lengths = decoding.generate(
-            run.params,
-            inputs,
-            jax.random.PRNGKey(seed),
-            model=run.model,
-            max_new_tokens=n,
-            eos_id=eos,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-        )
-    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    inputs = run.place(inputs)
+    with run.decoding():
+        if beam_size:
+            tokens, lengths = decoding.beam_search(
+                run.params, inputs, model=run.model, max_new_tokens=n, eos_id=eos, beam_size=beam_size, alpha=alpha
+            )
+        else:
+            tokens, lengths = decoding.generate(
+                run.params,
+                inputs,
+                jax.random.PRNGKey(seed),
+                model=run.model,
+                max_new_tokens=n,
+                eos_id=eos,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+            )
+    tokens, lengths = np.asarray(jax.device_get(tokens)), np.asarray(jax.device_get(lengths))
     out = []
     for row, length in zip(tokens[: len(texts)], lengths[: len(texts)], strict=True):
         ids = row[:length]

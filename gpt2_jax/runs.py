@@ -1,9 +1,19 @@
-"""Load a run from its workdir: config, tokenizer, model and the latest checkpoint's parameters."""
+"""Load a run from its workdir: config, tokenizer, model and the latest checkpoint's parameters, on a mesh.
+
+A run decodes and evaluates on a ``(data, fsdp, tensor)`` mesh like the one
+it trained on (``sharding.make_mesh``): by default the run's own
+``config.mesh``, or another one that fits this machine, since checkpoints
+restore onto any mesh.  The parameters are restored already sharded by the
+partition rules, and decoding splits its rows over ``data`` x ``fsdp`` and
+heads over ``tensor`` (:meth:`Run.decoding`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +22,15 @@ import jax.numpy as jnp
 import ml_collections
 
 from gpt2_jax import batch as batch_lib
-from gpt2_jax import checkpointing, optim
+from gpt2_jax import checkpointing, optim, sharding
 from gpt2_jax.data import tokenizers
-from gpt2_jax.errors import CheckpointError
+from gpt2_jax.errors import CheckpointError, ConfigError
 from gpt2_jax.model import Transformer, TransformerConfig
 
 
 @dataclasses.dataclass
 class Run:
-    """A trained (or training) run, ready to decode or evaluate."""
+    """A trained (or training) run, ready to decode or evaluate, with its parameters on ``mesh``."""
 
     workdir: Path
     config: ml_collections.ConfigDict
@@ -28,10 +38,22 @@ class Run:
     params: Any
     tokenizer: tokenizers.Tokenizer
     step: int
+    mesh: jax.sharding.Mesh
 
     @property
     def arch(self) -> str:
         return self.model.cfg.arch
+
+    def place(self, inputs: Mapping[str, Any]) -> dict[str, jax.Array]:
+        """Decoding inputs on the mesh: rows split over ``data`` x ``fsdp`` where they divide, else replicated."""
+        return sharding.place_rows(dict(inputs), self.mesh)
+
+    @contextlib.contextmanager
+    def decoding(self) -> Iterator[None]:
+        """Trace decoding under the mesh's axes, so that the model's activation constraints apply (see
+        ``sharding.constrain``): rows over ``data`` x ``fsdp``, heads and vocabulary over ``tensor``."""
+        with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+            yield
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, cfg: TransformerConfig) -> Any:
@@ -52,8 +74,39 @@ def abstract_train_state(config: ml_collections.ConfigDict, cfg: TransformerConf
     return jax.eval_shape(init)
 
 
-def load(workdir: str | Path) -> Run:
-    """The run in ``workdir`` with the parameters of its latest readable checkpoint."""
+def decode_mesh(config: ml_collections.ConfigDict, mesh_config: Mapping[str, int] | None = None) -> jax.sharding.Mesh:
+    """The mesh to load a run onto: ``mesh_config`` (``{"data": .., "fsdp": .., "tensor": ..}``) or the run's own."""
+    try:
+        return sharding.make_mesh(config.mesh if mesh_config is None else mesh_config)
+    except ConfigError as e:
+        if mesh_config is not None:
+            raise
+        raise ConfigError(
+            f"this run trained on config.mesh {dict(config.mesh)}, which does not fit here ({e}); load it onto a "
+            "mesh of this machine's devices: --mesh=data,fsdp,tensor (e.g. --mesh=-1,1,1), or runs.load(workdir, "
+            "mesh_config={...})"
+        ) from None
+
+
+def parse_mesh(text: str) -> dict[str, int] | None:
+    """``"data,fsdp,tensor"`` (e.g. ``"-1,1,2"``) as a mesh config; ``""`` is None (the run's own mesh)."""
+    if not text:
+        return None
+    try:
+        sizes = [int(t) for t in text.split(",")]
+    except ValueError:
+        sizes = []
+    if len(sizes) != len(sharding.AXES):
+        raise ConfigError(f"--mesh={text!r}: expected three sizes data,fsdp,tensor (-1 = the rest), e.g. -1,1,1")
+    return dict(zip(sharding.AXES, sizes, strict=True))
+
+
+def load(workdir: str | Path, mesh_config: Mapping[str, int] | None = None) -> Run:
+    """The run in ``workdir`` with the parameters of its latest readable checkpoint, sharded on a mesh.
+
+    The mesh is ``mesh_config`` or, by default, the run's own ``config.mesh``
+    (resolved against this machine's devices).
+    """
     workdir = Path(workdir)
     for name in ("config.json", "tokenizer.json"):
         if not (workdir / name).exists():
@@ -61,13 +114,16 @@ def load(workdir: str | Path) -> Run:
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     fields = {f.name for f in dataclasses.fields(TransformerConfig)}
     cfg = TransformerConfig(**{k: v for k, v in config.model.to_dict().items() if k in fields})
+    mesh = decode_mesh(config, mesh_config)
     abstract = abstract_train_state(config, cfg)
+    target = checkpointing.abstract_with_shardings(abstract, sharding.tree_shardings(abstract, mesh))
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints")
     try:
-        restored = ckpt.restore(abstract, checkpointing.signature(cfg.arch, abstract.params, cfg.vocab_size))
+        restored = ckpt.restore(target, checkpointing.signature(cfg.arch, abstract.params, cfg.vocab_size))
     finally:
         ckpt.close()
     if restored is None:
         raise CheckpointError(f"{workdir} has no checkpoint yet; train it first")
     state, _, step = restored
-    return Run(workdir, config, Transformer(cfg), state.params, tokenizers.load(workdir / "tokenizer.json"), step)
+    tokenizer = tokenizers.load(workdir / "tokenizer.json")
+    return Run(workdir, config, Transformer(cfg), state.params, tokenizer, step, mesh)

@@ -23,6 +23,9 @@ _BEAM = flags.DEFINE_integer("beam_size", 0, "Beam search with this many beams i
 _ALPHA = flags.DEFINE_float("alpha", 0.6, "Beam search length penalty (Wu et al. 2016).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _NUM = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
+_MESH = flags.DEFINE_string(
+    "mesh", "", "Mesh to load the run onto, data,fsdp,tensor (-1 = the rest, e.g. -1,1,2); empty = the run's own."
+)
 
 
 def main(argv: list[str]) -> None:
@@ -30,7 +33,7 @@ def main(argv: list[str]) -> None:
     from gpt2_jax import runs
 
     try:
-        run = runs.load(_WORKDIR.value)
+        run = runs.load(_WORKDIR.value, runs.parse_mesh(_MESH.value))
         for i in range(_NUM.value):
             outputs = complete(
                 run,

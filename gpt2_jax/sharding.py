@@ -220,6 +220,22 @@ def global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
+def place_rows(inputs: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+    """Put whole arrays (the same on every process) on ``mesh``: rows split over the batch axes where they divide.
+
+    For decoding, where every process reads the same prompts; arrays whose
+    first dimension the batch axes do not divide, and scalars, are replicated.
+    """
+    shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+    def put(x) -> jax.Array:
+        x = np.asarray(x)
+        split = x.ndim > 0 and x.shape[0] % shards == 0
+        return jax.device_put(x, batch_sharding(mesh) if split else replicated(mesh))
+
+    return {k: put(v) for k, v in inputs.items()}
+
+
 def process_slice(global_batch_size: int) -> slice:
     """The rows of the global batch that this process feeds."""
     per_process = global_batch_size // jax.process_count()

@@ -1,14 +1,19 @@
 """Text-level decoding of trained runs: the evaluation entry point, the sampling CLI, and the metrics."""
 
 import json
+import math
 import subprocess
 import sys
 
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from gpt2_jax import runs, scores, train
-from gpt2_jax.evaluate import decode_split
-from tests.helpers import REPO, small_copy_config
+from gpt2_jax.data import paired_splits, paths
+from gpt2_jax.errors import ConfigError
+from gpt2_jax.evaluate import decode_split, language_model_scores
+from gpt2_jax.generation import complete
+from tests.helpers import REPO, small_copy_config, tiny_config, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +40,19 @@ def test_greedy_decoding_exact_match_equals_teacher_forced_exact_match(copy_run)
     assert saved["bleu_signature"].startswith("nrefs:1|") and saved["chrf"] > 90
 
 
-def test_sample_cli_prints_a_continuation(copy_run):
+@pytest.mark.parametrize("mesh", ["", "2,2,2"])
+def test_sample_cli_prints_a_continuation(copy_run, mesh):
     workdir, _ = copy_run
     result = subprocess.run(
-        [sys.executable, "-m", "gpt2_jax.sample", f"--workdir={workdir}", "--prompt=Cabcd", "--temperature=0"],
+        [
+            sys.executable,
+            "-m",
+            "gpt2_jax.sample",
+            f"--workdir={workdir}",
+            "--prompt=Cabcd",
+            "--temperature=0",
+            f"--mesh={mesh}",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -46,6 +60,47 @@ def test_sample_cli_prints_a_continuation(copy_run):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "abcd"
+
+
+def test_a_run_loads_and_decodes_on_another_mesh(copy_run):
+    """Trained on one device, restored sharded over (data=2, fsdp=2, tensor=2): the same outputs, greedy and beam."""
+    workdir, _ = copy_run
+    one = runs.load(workdir)
+    eight = runs.load(workdir, runs.parse_mesh("2,2,2"))
+    assert one.mesh.size == 1 and dict(eight.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    kernel = eight.params["h_0"]["mlp"]["c_fc"]["kernel"]
+    assert kernel.sharding.spec == P("fsdp", "tensor")
+    assert kernel.addressable_shards[0].data.shape == (kernel.shape[0] // 2, kernel.shape[1] // 2), "really sharded"
+    pairs = paired_splits(one.config, paths.cache_dir(one.config.data.cache_dir))["validation"]
+    sources = [source for source, _ in pairs[:12]]  # 12 rows: the batch axes (4) divide them
+    for beam_size in (0, 3):
+        want = complete(one, sources, 16, beam_size=beam_size)
+        assert complete(eight, sources, 16, beam_size=beam_size) == want
+        assert complete(eight, sources[:3], 16, beam_size=beam_size) == want[:3], "3 rows: replicated"
+
+
+def test_a_run_whose_mesh_does_not_fit_names_the_flag_to_pass():
+    config = small_copy_config()
+    config.mesh.tensor = 16
+    with pytest.raises(ConfigError, match="--mesh=data,fsdp,tensor"):
+        runs.decode_mesh(config)
+    assert runs.decode_mesh(config, {"data": -1, "fsdp": 1, "tensor": 2}).shape["data"] == 4
+    assert runs.parse_mesh("") is None and runs.parse_mesh("-1,1,2") == {"data": -1, "fsdp": 1, "tensor": 2}
+    with pytest.raises(ConfigError, match="expected three sizes"):
+        runs.parse_mesh("2,2")
+
+
+def test_language_model_scores_are_the_same_on_another_mesh(tmp_path):
+    """``evaluate`` on a language-model run: teacher-forced loss, perplexity and bits, on one device and on 8."""
+    workdir = tmp_path / "lm"
+    results = train.train_and_evaluate(tiny_config("decoder_only", write_corpus(tmp_path)), workdir)
+    one = language_model_scores(runs.load(workdir), "validation")
+    eight = language_model_scores(runs.load(workdir, runs.parse_mesh("2,2,2")), "validation")
+    assert one["loss"] == pytest.approx(results["final_eval_loss"], abs=1e-6)
+    assert eight["loss"] == pytest.approx(one["loss"], abs=1e-5)
+    assert one["perplexity"] == pytest.approx(math.exp(one["loss"]))
+    assert one["bits_per_char"] == pytest.approx(one["loss"] / math.log(2))
+    assert json.loads((workdir / "eval_validation" / "scores.json").read_text())["loss"] == eight["loss"]
 
 
 def test_bleu_and_chrf_of_a_reference_against_itself_are_100():
