@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.share_encoder_decoder = False
     config.model.positional = "learned"  # learned | none (no position embedding, Haviv et al. 2022).
     config.model.remat = False  # Recompute block activations in the backward pass to save memory.
+    # With remat, what each block keeps: full (only its input) | dots (also its dense layers' matmul outputs;
+    # attention, LayerNorm and GELU are recomputed: less memory saved, less recomputed).
+    config.model.remat_policy = "full"
     # Positions whose logits the loss forms at a time (output layer + cross-entropy fused, the [B, L, V]
     # logits never held whole; gradients formed in the forward pass); 0 = the whole sequence at once.
     config.model.loss_chunk_len = 128

@@ -45,6 +45,15 @@ Array = jnp.ndarray
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
+# What a rematerialised block keeps from its forward pass (``remat_policy``; ``jax.checkpoint`` policies):
+# "full" keeps only the block's input and recomputes the rest; "dots" also keeps the outputs of the
+# matmuls without batch dimensions (every dense layer: they run over one token axis, see ``Dense``) and
+# recomputes attention, LayerNorm, GELU and the residual adds -- MaxText's "minimal".
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
@@ -64,6 +73,7 @@ class TransformerConfig:
     share_encoder_decoder: bool = False
     positional: str = "learned"
     remat: bool = False
+    remat_policy: str = "full"
     vector_dim: int = 0
     use_bias: bool = True
     layer_norm_epsilon: float = 1e-5
@@ -444,7 +454,9 @@ class Transformer(nn.Module):
 
     def setup(self) -> None:
         cfg = self.cfg
-        block = nn.remat(Block, static_argnums=(3, 4, 5)) if cfg.remat else Block
+        block = (
+            nn.remat(Block, static_argnums=(3, 4, 5), policy=REMAT_POLICIES[cfg.remat_policy]) if cfg.remat else Block
+        )
         init = nn.initializers.normal(stddev=0.02)
         self.wte = nn.Embed(cfg.table_rows, cfg.emb_dim, embedding_init=init, param_dtype=jnp.float32)
         self.h = [block(cfg, cfg.num_layers, name=f"h_{i}") for i in range(cfg.num_layers)]

@@ -63,6 +63,7 @@ RESUMABLE_CHANGES = (
     "num_processes",
     "process_id",
     "model.remat",
+    "model.remat_policy",
     "model.loss_chunk_len",
     "model.logits_dtype",
     "model.attention_impl",
@@ -217,6 +218,11 @@ class Experiment:
                 rows,
                 tensor,
                 tensor,
+            )
+        if self.model_config.remat and jax.default_backend() == "cpu":
+            log.warning(
+                "config.model.remat=True on the CPU only costs time: XLA:CPU's buffer assignment keeps the "
+                "same peak memory with the recomputation (jax-ml/jax#19822); GPU and TPU backends save memory with it"
             )
         example = next(self.data.train_iterator())
         self._init_batch = {k: v[:1] for k, v in example.items()}

@@ -12,7 +12,7 @@ from gpt2_jax.batch import ARCHITECTURES
 from gpt2_jax.data import DATASETS, PAIRED_DATASETS
 from gpt2_jax.data.tokenizers import NAMES as TOKENIZERS
 from gpt2_jax.errors import ConfigError
-from gpt2_jax.model import DTYPES
+from gpt2_jax.model import DTYPES, REMAT_POLICIES
 
 ATTENTION_IMPLS = ("xla", "cudnn")
 POSITIONALS = ("learned", "none")
@@ -127,6 +127,7 @@ def validate(config) -> None:
     _one_of(m.dtype, tuple(DTYPES), "config.model.dtype")
     _one_of(m.logits_dtype, tuple(DTYPES), "config.model.logits_dtype")
     _one_of(m.attention_impl, ATTENTION_IMPLS, "config.model.attention_impl")
+    _one_of(m.remat_policy, tuple(REMAT_POLICIES), "config.model.remat_policy")
     _one_of(m.positional, POSITIONALS, "config.model.positional")
     if m.share_encoder_decoder:
         _require(

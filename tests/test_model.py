@@ -1,9 +1,12 @@
 """The model family: names, initialisation, and causality proven by gradients."""
 
+import contextlib
+import io
 import re
 
 import flax.linen as nn
 import jax
+import jax.ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -14,7 +17,7 @@ from gpt2_jax import batch as batch_lib
 from gpt2_jax import losses
 from gpt2_jax.data import objectives
 from gpt2_jax.data.tokenizers import ByteTokenizer
-from gpt2_jax.model import Dense, Transformer, TransformerConfig
+from gpt2_jax.model import REMAT_POLICIES, Dense, Transformer, TransformerConfig
 from tests.helpers import jaxpr_equations
 
 TOK = ByteTokenizer()
@@ -274,17 +277,43 @@ def test_padded_vocabulary_is_never_predicted_and_gets_no_gradient():
     assert not bool(jnp.any(table_grad[V:])), "padded rows are never looked up nor predicted"
 
 
-def test_remat_changes_nothing_but_memory():
+def residual_bytes(fn, *args) -> int:
+    """Bytes of the intermediates (not the arguments) that reverse-mode autodiff of ``fn`` keeps for the backward."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        jax.ad_checkpoint.print_saved_residuals(fn, *args)
+    total = 0
+    for line in out.getvalue().splitlines():
+        bits, dims = re.match(r"[a-z]+(\d*)\[([\d,]*)\]", line).groups()  # f32[1,8,16], bool[1,1,8,8]
+        if "from the argument" not in line:
+            total += int(np.prod([int(d) for d in dims.split(",") if d])) * (int(bits) // 8 if bits else 1)
+    return total
+
+
+def test_remat_changes_nothing_but_what_the_backward_pass_keeps():
     b = lm_example("prefix_lm")
-    plain, remat = make("prefix_lm"), make("prefix_lm", remat=True)
+    plain = make("prefix_lm")
     params = init(plain, b)["params"]
 
     def loss(model):
         return lambda p: model.apply({"params": p}, b).sum()
 
-    g1, g2 = jax.jit(jax.grad(loss(plain)))(params), jax.jit(jax.grad(loss(remat)))(params)
-    for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    g1 = jax.jit(jax.grad(loss(plain)))(params)
+    kept = {"none": residual_bytes(loss(plain), params)}
+    for policy in REMAT_POLICIES:
+        remat = make("prefix_lm", remat=True, remat_policy=policy)
+        g2 = jax.jit(jax.grad(loss(remat)))(params)
+        for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+        kept[policy] = residual_bytes(loss(remat), params)
+    assert kept["none"] > kept["dots"] > kept["full"] > 0, kept
+    # "full" keeps each block's input [B, L, D] and little else; "dots" adds the dense layers' outputs that
+    # the backward pass reads (q, k, v, attention's output projection, c_fc; the MLP's c_proj output only
+    # feeds a residual add).
+    B, L = b["input_tokens"].shape
+    D, F = plain.cfg.emb_dim, plain.cfg.mlp_dim
+    assert kept["full"] < kept["none"] / 4, kept
+    assert kept["dots"] >= kept["full"] + plain.cfg.num_layers * B * L * (4 * D + F) * 4, kept
 
 
 def test_no_positions_makes_bidirectional_stack_permutation_equivariant():

@@ -271,6 +271,7 @@ BAD_INPUTS = {
     "float16 logits": (_set(**{"model.logits_dtype": "float16"}), "config.model.logits_dtype"),
     "unknown dtype": (_set(**{"model.dtype": "float16"}), "config.model.dtype='float16'"),
     "cudnn without a GPU": (_set(**{"model.attention_impl": "cudnn"}), "needs a GPU"),
+    "unknown remat policy": (_set(**{"model.remat_policy": "dots_saveable"}), "choose one of 'full', 'dots'"),
     "XLA option without a value": (_set(xla_options="xla_gpu_enable_triton_gemm"), "is not name=value"),
     "unknown XLA option": (_set(xla_options="xla_gpu_enable_tritton_gemm=false"), "xla_gpu_enable_tritton_gemm"),
     "sharing without an encoder": (_set(**{"model.share_encoder_decoder": True}), "needs arch='encoder_decoder'"),
@@ -358,6 +359,7 @@ def test_workdir_check_lets_a_run_move_to_another_mesh_or_machine_but_not_become
         "mesh.fsdp": 2,
         "mesh.tensor": 2,
         "model.remat": True,
+        "model.remat_policy": "dots",
         "model.loss_chunk_len": 7,
         "model.attention_impl": "cudnn",
         "optimizer.grad_accum_steps": 2,
@@ -391,3 +393,16 @@ def test_cli_reports_errors_in_one_line(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: config.optimizer.learning_rate must be > 0, got -1.0"]
+
+
+def test_remat_on_the_cpu_warns_that_it_saves_no_memory_there(tmp_path, caplog):
+    """XLA:CPU keeps the same peak memory with rematerialised blocks (jax-ml/jax#19822): say so, once, at set-up."""
+    config = tiny_config(corpus=write_corpus(tmp_path), **{"model.remat": True})
+    with caplog.at_level(logging.WARNING, logger="gpt2_jax.train"):
+        train.Experiment(config)
+    assert "remat=True on the CPU only costs time" in caplog.text
+    caplog.clear()
+    config.model.remat = False
+    with caplog.at_level(logging.WARNING, logger="gpt2_jax.train"):
+        train.Experiment(config)
+    assert "remat" not in caplog.text
