@@ -50,8 +50,10 @@ class Run:
 
     @contextlib.contextmanager
     def decoding(self) -> Iterator[None]:
-        """Trace decoding under the mesh's axes, so that the model's activation constraints apply (see
-        ``sharding.constrain``): rows over ``data`` x ``fsdp``, heads and vocabulary over ``tensor``."""
+        """Trace decoding under the mesh's axes, so that the model's activation constraints apply.
+
+        Rows over ``data`` x ``fsdp``, heads and vocabulary over ``tensor`` (see ``sharding.constrain``).
+        """
         with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
             yield
 
