@@ -55,19 +55,6 @@ _XLA_OPTIONS = flags.DEFINE_string(
     "xla_options", "", "XLA options of our compiled steps, as config.xla_options ('name=value,...')."
 )
 
-# Dense peak FLOP/s per device (no sparsity), for MFU on accelerators.
-DEVICE_PEAKS = {
-    ("gpu", "H100", "bfloat16"): 989e12,
-    ("gpu", "H100", "float32"): 67e12,
-    ("gpu", "H200", "bfloat16"): 989e12,
-    ("gpu", "H200", "float32"): 67e12,
-    ("gpu", "A100", "bfloat16"): 312e12,
-    ("gpu", "A100", "float32"): 19.5e12,
-    ("tpu", "v4", "bfloat16"): 275e12,
-    ("tpu", "v5e", "bfloat16"): 197e12,
-    ("tpu", "v5p", "bfloat16"): 459e12,
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
@@ -106,10 +93,10 @@ def device_peak(dtype: str) -> tuple[float, str]:
         return measure_matmul_peak(), "matmul peak measured in this run"
     measured = measure_matmul_peak(dtype, sizes=(4096, 8192))
     print(f"{device.device_kind}: {dtype} 8192^3 matmul measured at {measured / 1e12:.0f} TFLOP/s")
-    for (platform, name, kind), peak in DEVICE_PEAKS.items():
-        if device.platform == platform and name.lower() in device.device_kind.lower() and kind == dtype:
-            return peak, f"{device.device_kind} {dtype} datasheet peak"
-    return float("nan"), f"unknown peak for {device.device_kind}"
+    peak = flops.datasheet_peak(device, dtype)
+    if peak is None:
+        return float("nan"), f"unknown peak for {device.device_kind}"
+    return peak, f"{device.device_kind} {dtype} datasheet peak"
 
 
 @dataclasses.dataclass

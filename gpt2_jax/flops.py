@@ -57,6 +57,37 @@ def _cross_attention(Tq: int, Tk: int, D: int) -> float:
     return 2 * Tq * D * D + 2 * Tk * D * 2 * D + 4 * Tq * Tk * D + 2 * Tq * D * D
 
 
+# Dense (no sparsity) peak FLOP/s of one device by platform, a name within its ``device_kind`` and dtype,
+# from the vendors' datasheets: MFU on accelerators is taken against these.  The first match wins, so
+# the more specific names (H100 PCIe) come before the general ones (H100 SXM: "NVIDIA H100 80GB HBM3").
+# TPU v5e and v6e report themselves as "TPU v5 lite" and "TPU v6 lite".
+DEVICE_PEAKS: dict[tuple[str, str, str], float] = {
+    ("gpu", "H100 PCIe", "bfloat16"): 756e12,
+    ("gpu", "H100 PCIe", "float32"): 51e12,
+    ("gpu", "H100 NVL", "bfloat16"): 835e12,
+    ("gpu", "H100 NVL", "float32"): 60e12,
+    ("gpu", "H100", "bfloat16"): 989e12,
+    ("gpu", "H100", "float32"): 67e12,
+    ("gpu", "H200", "bfloat16"): 989e12,
+    ("gpu", "H200", "float32"): 67e12,
+    ("gpu", "A100", "bfloat16"): 312e12,
+    ("gpu", "A100", "float32"): 19.5e12,
+    ("tpu", "v4", "bfloat16"): 275e12,
+    ("tpu", "v5 lite", "bfloat16"): 197e12,
+    ("tpu", "v5p", "bfloat16"): 459e12,
+    ("tpu", "v6 lite", "bfloat16"): 918e12,
+}
+
+
+def datasheet_peak(device: Any, dtype: str) -> float | None:
+    """Peak dense FLOP/s of ``device`` (a ``jax.Device``) computing in ``dtype``; None when it is not in the table."""
+    kind = device.device_kind.lower()
+    for (platform, name, peak_dtype), peak in DEVICE_PEAKS.items():
+        if device.platform == platform and name.lower() in kind and peak_dtype == dtype:
+            return peak
+    return None
+
+
 def forward_flops(cfg: TransformerConfig, decoder_len: int, encoder_len: int = 0, causal_halved: bool = False) -> float:
     """Forward-pass FLOPs of one example: ``decoder_len`` positions (and ``encoder_len`` encoder positions)."""
     D, F, V = cfg.emb_dim, cfg.mlp_dim, cfg.table_rows

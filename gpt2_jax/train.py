@@ -33,7 +33,7 @@ import optax
 import tqdm
 
 from gpt2_jax import batch as batch_lib
-from gpt2_jax import checkpointing, losses, optim, sharding, validation
+from gpt2_jax import checkpointing, flops, losses, optim, sharding, validation
 from gpt2_jax import data as data_lib
 from gpt2_jax.data import tokenizers
 from gpt2_jax.errors import CheckpointError, ConfigError
@@ -226,6 +226,12 @@ class Experiment:
             )
         example = next(self.data.train_iterator())
         self._init_batch = {k: v[:1] for k, v in example.items()}
+        # Model FLOPs of one train step (6N + 12 L d T per position of the batch's shape, padding included,
+        # as MFU counts them) and one device's datasheet peak (None on CPUs and unknown devices).
+        encoder = example.get("encoder_input_tokens")
+        B, L = example["input_tokens"].shape
+        self.flops_per_step = B * flops.train_flops(self.model_config, L, 0 if encoder is None else encoder.shape[1])
+        self.peak_flops_per_device = flops.datasheet_peak(self.mesh.devices.flat[0], config.model.dtype)
         abstract_params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))
         self.tx = optim.make(config.optimizer, config.num_train_steps, abstract_params)
         self.abstract_state = jax.eval_shape(self._init_state, jax.random.PRNGKey(config.seed))
@@ -523,12 +529,16 @@ class Trainer:
         if values["nonfinite"] > 0 and self.config.on_nonfinite == "stop":
             raise self._nonfinite(f"at or before step {done}")
         summary = losses.summarize(values)
+        flops_per_s = self.exp.flops_per_step * float(values["steps"]) / max(seconds, 1e-9) / self.exp.mesh.size
         summary.update(
             learning_rate=float(optim.schedule(self.config.optimizer, self.config.num_train_steps)(done - 1)),
             grad_norm=float(values["grad_norm"] / values["steps"]),
             tokens_per_s=tokens / max(seconds, 1e-9),
+            model_tflops_per_s_per_device=flops_per_s / 1e12,
             nonfinite_steps=int(jax.device_get(self.state.nonfinite_steps)),
         )
+        if self.exp.peak_flops_per_device:
+            summary["mfu"] = flops_per_s / self.exp.peak_flops_per_device
         self.writer.write(done, "train", summary)
         return summary
 
@@ -562,7 +572,10 @@ class Trainer:
                 last = done == total
                 if done % config.log_every_steps == 0 or last:
                     summary = self._log(done, window, window_tokens, time.time() - window_start)
-                    progress.set_postfix(loss=f"{summary['loss']:.4f}", tok_s=f"{summary['tokens_per_s']:.0f}")
+                    postfix = {"loss": f"{summary['loss']:.4f}", "tok_s": f"{summary['tokens_per_s']:.0f}"}
+                    if "mfu" in summary:
+                        postfix["mfu"] = f"{summary['mfu']:.1%}"
+                    progress.set_postfix(postfix)
                     window, window_tokens, window_start = None, 0, time.time()
                 progress.update(1)
                 evaluate = last or (config.eval_every_steps and done % config.eval_every_steps == 0)

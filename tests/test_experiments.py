@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,18 @@ def test_sweep_runs_on_a_ray_cluster(tmp_path):
     for run in ("a__s0", "b__s0"):
         assert json.loads((workdir / "runs" / run / "status.json").read_text())["state"] == "done"
     assert "a__s0: done" in result.stdout
+
+
+def test_datasheet_peaks_match_device_kinds():
+    def device(platform, kind):
+        return types.SimpleNamespace(platform=platform, device_kind=kind)
+
+    assert flops.datasheet_peak(device("gpu", "NVIDIA H100 80GB HBM3"), "bfloat16") == 989e12
+    assert flops.datasheet_peak(device("gpu", "NVIDIA H100 PCIe"), "bfloat16") == 756e12, "the specific name first"
+    assert flops.datasheet_peak(device("gpu", "NVIDIA H200"), "float32") == 67e12
+    assert flops.datasheet_peak(device("tpu", "TPU v5 lite"), "bfloat16") == 197e12
+    assert flops.datasheet_peak(device("cpu", "cpu"), "float32") is None
+    assert flops.datasheet_peak(device("gpu", "NVIDIA GeForce RTX 4090"), "bfloat16") is None
 
 
 def test_benchmark_times_every_runner_and_reports_mfu(capsys, tmp_path):

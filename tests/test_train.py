@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from gpt2_jax import batch as batch_lib
 from gpt2_jax import optim, train, validation
 from gpt2_jax.metrics_writer import read_metrics
 from tests.helpers import tiny_config, write_corpus
@@ -112,6 +113,17 @@ def test_train_and_evaluate_writes_the_run(tmp_path, corpus, arch):
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
     assert results["tokens_seen"] >= 20 * 8 * 8
     assert results["loss_tokens_seen"] <= results["tokens_seen"]
+    # Model FLOP/s per device in every train event; MFU only where a datasheet peak exists (not on CPUs).
+    exp = train.Experiment(config)
+    batch = next(exp.data.train_iterator())
+    positions = sum(batch[k].size for k in ("input_tokens", "encoder_input_tokens") if k in batch)
+    for e in (e for e in events if e["split"] == "train"):
+        assert e["model_tflops_per_s_per_device"] > 0 and "mfu" not in e
+        # Over the same window: FLOPs per step / tokens per step (tokens_per_s counts real tokens, <= positions).
+        per_token = e["model_tflops_per_s_per_device"] * 1e12 * exp.mesh.size / e["tokens_per_s"]
+        assert per_token >= exp.flops_per_step / positions * (1 - 1e-6)
+        if batch_lib.count_tokens(batch)[0] == positions:  # no padding: exactly FLOPs per position
+            assert per_token == pytest.approx(exp.flops_per_step / positions, rel=1e-6)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
