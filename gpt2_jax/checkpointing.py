@@ -52,7 +52,13 @@ def signature_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
         diffs.append(f"{len(only_cur)} parameters missing from the checkpoint (e.g. {only_cur[0]})")
     for k in sorted(set(saved_p) & set(cur_p)):
         if list(saved_p[k]) != list(cur_p[k]):
-            diffs.append(f"{k} has shape {tuple(saved_p[k])} in the checkpoint but {tuple(cur_p[k])} in this run")
+            diff = f"{k} has shape {tuple(saved_p[k])} in the checkpoint but {tuple(cur_p[k])} in this run"
+            if "/c_attn/" in k and np.prod(saved_p[k]) == np.prod(cur_p[k]):
+                diff += (
+                    " (GPT-2's fused layout, which gpt2_jax used before c_attn kept each part on an axis of its "
+                    "own: reshape these arrays to [..., parts, D] or retrain)"
+                )
+            diffs.append(diff)
     return diffs
 
 

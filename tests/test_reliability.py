@@ -196,6 +196,15 @@ def test_checkpoint_of_another_architecture_is_refused_with_the_difference(tmp_p
     assert "\n" not in message
 
 
+def test_a_checkpoint_with_the_old_fused_qkv_layout_is_named_as_such():
+    saved = {"arch": "decoder_only", "vocab_size": 40, "params": {"h_0/attn/c_attn/kernel": [32, 96]}}
+    current = {"arch": "decoder_only", "vocab_size": 40, "params": {"h_0/attn/c_attn/kernel": [32, 3, 32]}}
+    (diff,) = checkpointing.signature_diff(saved, current)
+    assert "(32, 96) in the checkpoint but (32, 3, 32) in this run" in diff and "GPT-2's fused layout" in diff
+    current["params"]["h_0/attn/c_attn/kernel"] = [64, 3, 64]  # another model: no layout hint
+    assert "fused layout" not in checkpointing.signature_diff(saved, current)[0]
+
+
 def digest(directory: Path) -> dict[str, str]:
     return {
         str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
