@@ -5,7 +5,8 @@ outputs against the references (BLEU and chrF through sacrebleu, with their
 signatures, and exact match); language-model runs report teacher-forced loss,
 token accuracy, perplexity and bits per token (bits per character/byte for
 character/byte tokenizers).  Predictions and scores go into
-``DIR/eval_<split>/``.
+``DIR/eval_<split>/``.  The run's flags (``--mesh``, ``--distributed``):
+:mod:`gpt2_jax.run_flags`.
 """
 
 from __future__ import annotations
@@ -15,23 +16,20 @@ import math
 import sys
 from pathlib import Path
 
+import jax
 from absl import app, flags
 
-from gpt2_jax import runs, scores
+from gpt2_jax import run_flags, runs, scores
 from gpt2_jax.data import PAIRED_DATASETS, paired_splits, paths
 from gpt2_jax.errors import UserError
 from gpt2_jax.generation import complete
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to evaluate.", required=True)
 _SPLIT = flags.DEFINE_string("split", "validation", "Split to evaluate (validation, test, test_ood, ...).")
 _BEAM = flags.DEFINE_integer("beam_size", 0, "Beam search width (0 = greedy).")
 _ALPHA = flags.DEFINE_float("alpha", 0.6, "Beam search length penalty.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "Longest output.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Sources decoded together.")
 _LIMIT = flags.DEFINE_integer("limit", 0, "Evaluate only the first N examples (0 = all).")
-_MESH = flags.DEFINE_string(
-    "mesh", "", "Mesh to load the run onto, data,fsdp,tensor (-1 = the rest, e.g. -1,1,2); empty = the run's own."
-)
 
 
 def decode_split(
@@ -62,12 +60,11 @@ def decode_split(
         **scores.chrf(hypotheses, references),
         "exact_match": scores.exact_match(hypotheses, references),
     }
-    out = Path(run.workdir) / f"eval_{split}"
-    out.mkdir(exist_ok=True)
-    with (out / "predictions.jsonl").open("w") as f:
-        for (source, reference), hypothesis in zip(examples, hypotheses, strict=True):
-            f.write(json.dumps({"source": source, "reference": reference, "hypothesis": hypothesis}) + "\n")
-    (out / "scores.json").write_text(json.dumps(result, indent=2))
+    predictions = [
+        {"source": source, "reference": reference, "hypothesis": hypothesis}
+        for (source, reference), hypothesis in zip(examples, hypotheses, strict=True)
+    ]
+    _write(run, split, result, predictions)
     return result
 
 
@@ -83,16 +80,25 @@ def language_model_scores(run: runs.Run, split: str) -> dict:
     result["bits_per_token"] = metrics["loss"] / math.log(2)
     if run.tokenizer.name in ("char", "byte"):
         result[f"bits_per_{run.tokenizer.name}"] = result["bits_per_token"]
+    _write(run, split, result)
+    return result
+
+
+def _write(run: runs.Run, split: str, result: dict, predictions: list[dict] | None = None) -> None:
+    """``scores.json`` (and ``predictions.jsonl``) into ``DIR/eval_<split>/``, by process 0 only on several hosts."""
+    if jax.process_index() > 0:
+        return
     out = Path(run.workdir) / f"eval_{split}"
     out.mkdir(exist_ok=True)
+    if predictions is not None:
+        (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
     (out / "scores.json").write_text(json.dumps(result, indent=2))
-    return result
 
 
 def main(argv: list[str]) -> None:
     del argv
     try:
-        run = runs.load(_WORKDIR.value, runs.parse_mesh(_MESH.value))
+        run = run_flags.load_run()
         if run.config.data.dataset in PAIRED_DATASETS:
             result = decode_split(
                 run, _SPLIT.value, _BEAM.value, _ALPHA.value, _MAX_NEW.value, _BATCH.value, _LIMIT.value
@@ -102,7 +108,8 @@ def main(argv: list[str]) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps(result, indent=2))
+    if jax.process_index() == 0:
+        print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from gpt2_jax import decoding
+from gpt2_jax import decoding, sharding
 from gpt2_jax.data import PAIRED_DATASETS
 from gpt2_jax.errors import UserError
 from gpt2_jax.runs import Run
@@ -71,7 +71,7 @@ def complete(
                 top_k=top_k,
                 top_p=top_p,
             )
-    tokens, lengths = np.asarray(jax.device_get(tokens)), np.asarray(jax.device_get(lengths))
+    tokens, lengths = sharding.to_host(tokens), sharding.to_host(lengths)
     out = []
     for row, length in zip(tokens[: len(texts)], lengths[: len(texts)], strict=True):
         ids = row[:length]

@@ -5,7 +5,9 @@ it trained on (``sharding.make_mesh``): by default the run's own
 ``config.mesh``, or another one that fits this machine, since checkpoints
 restore onto any mesh.  The parameters are restored already sharded by the
 partition rules, and decoding splits its rows over ``data`` x ``fsdp`` and
-heads over ``tensor`` (:meth:`Run.decoding`).
+heads over ``tensor`` (:meth:`Run.decoding`).  On several hosts (after
+``jax.distributed.initialize()``, see :mod:`gpt2_jax.run_flags`) the mesh
+spans them all and every host passes the same inputs.
 """
 
 from __future__ import annotations

@@ -1,19 +1,21 @@
 """Sample from a trained run: ``python -m gpt2_jax.sample --workdir=DIR --prompt="..."``.
 
 Loads the latest checkpoint of any generative run and prints continuations
-(translations for sequence-to-sequence runs: the prompt is the source).
+(translations for sequence-to-sequence runs: the prompt is the source).  The
+run's flags (``--mesh``, ``--distributed``): :mod:`gpt2_jax.run_flags`.
 """
 
 from __future__ import annotations
 
 import sys
 
+import jax
 from absl import app, flags
 
+from gpt2_jax import run_flags
 from gpt2_jax.errors import UserError
 from gpt2_jax.generation import complete
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to load.", required=True)
 _PROMPT = flags.DEFINE_multi_string("prompt", ["\n"], "Prompt (or source sentence); repeat for a batch.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate at most.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "0 = greedy.")
@@ -23,17 +25,12 @@ _BEAM = flags.DEFINE_integer("beam_size", 0, "Beam search with this many beams i
 _ALPHA = flags.DEFINE_float("alpha", 0.6, "Beam search length penalty (Wu et al. 2016).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _NUM = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
-_MESH = flags.DEFINE_string(
-    "mesh", "", "Mesh to load the run onto, data,fsdp,tensor (-1 = the rest, e.g. -1,1,2); empty = the run's own."
-)
 
 
 def main(argv: list[str]) -> None:
     del argv
-    from gpt2_jax import runs
-
     try:
-        run = runs.load(_WORKDIR.value, runs.parse_mesh(_MESH.value))
+        run = run_flags.load_run()
         for i in range(_NUM.value):
             outputs = complete(
                 run,
@@ -46,6 +43,8 @@ def main(argv: list[str]) -> None:
                 _ALPHA.value,
                 _SEED.value + i,
             )
+            if jax.process_index() > 0:  # on several hosts every one decodes its rows; process 0 prints them all
+                continue
             for prompt, text in zip(_PROMPT.value, outputs, strict=True):
                 print(f"--- {prompt!r}\n{text}" if len(_PROMPT.value) > 1 or _NUM.value > 1 else text)
     except UserError as e:

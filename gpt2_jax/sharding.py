@@ -236,6 +236,27 @@ def place_rows(inputs: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     return {k: put(v) for k, v in inputs.items()}
 
 
+def initialize_distributed(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1) -> None:
+    """``jax.distributed.initialize()`` for a multi-host run (training, decoding, evaluation).
+
+    Fields left unset are found in the cluster's environment (SLURM, Kubernetes, TPU pod slices).
+    """
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address or None,
+        num_processes=num_processes or None,
+        process_id=process_id if process_id >= 0 else None,
+    )
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole value of a (possibly multi-host) array on this process."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def process_slice(global_batch_size: int) -> slice:
     """The rows of the global batch that this process feeds."""
     per_process = global_batch_size // jax.process_count()

@@ -661,12 +661,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
     """
     validation.validate(config)
     if config.distributed:
-        # Fields left unset are found by JAX in the cluster's environment.
-        jax.distributed.initialize(
-            coordinator_address=config.coordinator_address or None,
-            num_processes=config.num_processes or None,
-            process_id=config.process_id if config.process_id >= 0 else None,
-        )
+        sharding.initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
     trainer = Trainer(config, Path(workdir), overwrite)
     try:
         stopped = trainer.train()

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from gpt2_jax import checkpointing, sharding, train
+from gpt2_jax import checkpointing, evaluate, runs, sharding, train
 from gpt2_jax.errors import ConfigError
+from gpt2_jax.generation import complete
 from tests.helpers import REPO, collective_bytes, loop_collectives, tiny_config, write_corpus
 
 ARCHS = ("decoder_only", "prefix_lm", "encoder_decoder", "encoder_only")
@@ -299,3 +300,55 @@ def test_two_processes_train_like_one_process_over_the_same_mesh(tmp_path, launc
     one, two = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("one", "two"))
     assert two["steps"] == one["steps"] == 9
     np.testing.assert_allclose(two["final_eval_loss"], one["final_eval_loss"], rtol=1e-6)
+
+
+def test_two_processes_sample_and_evaluate_a_run_like_one_process(tmp_path):
+    """``sample`` and ``evaluate`` with ``--distributed``: two processes of 2 CPU devices each, one (2, 2, 1) mesh.
+
+    Each process decodes its rows and process 0 prints everything: the same
+    text and the same language-model loss as one process on that mesh.
+    """
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(tiny_config(corpus=write_corpus(tmp_path), **{"data.seq_len": 32}), workdir)
+    run = runs.load(workdir, runs.parse_mesh("2,2,1"))  # this process: 4 of its 8 devices
+    prompts = ["First", "All:", "Speak", "You are"]  # 4 rows: split over data x fsdp
+    want = complete(run, prompts, 12, temperature=0.0)
+    want_loss = evaluate.language_model_scores(run, "validation")["loss"]
+
+    def two_processes(module: str, *args: str) -> list[str]:
+        address = f"127.0.0.1:{_free_port()}"
+        flags = os.environ["XLA_FLAGS"].replace("device_count=8", "device_count=2")
+        env = dict(os.environ, XLA_FLAGS=flags, JAX_COORDINATOR_BIND_ADDRESS=address)
+        common = [f"--workdir={workdir}", "--mesh=2,2,1", "--distributed", f"--coordinator_address={address}"]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", module, *common, "--num_processes=2", f"--process_id={rank}", *args],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for rank in (0, 1)
+        ]
+        outputs = [p.communicate(timeout=300) for p in procs]
+        for p, (_, err) in zip(procs, outputs, strict=True):
+            assert p.returncode == 0, err[-3000:]
+        return [out for out, _ in outputs]
+
+    def in_order(lines: list[str], printed: str) -> bool:
+        """``lines`` appear in ``printed`` in this order (Gloo, the CPU collectives, prints its connections to
+        stdout from threads, in fragments that may fall between our lines)."""
+        rest = iter(printed.splitlines())
+        return all(any(line == seen for seen in rest) for line in lines)
+
+    sample_flags = [f"--prompt={p}" for p in prompts] + ["--temperature=0", "--max_new_tokens=12"]
+    printed = two_processes("gpt2_jax.sample", *sample_flags)
+    expected = [line for p, text in zip(prompts, want, strict=True) for line in (f"--- {p!r}", *text.splitlines())]
+    assert in_order(expected, printed[0]), printed[0]
+    assert "--- " not in printed[1], "only process 0 prints"
+    scores = workdir / "eval_validation" / "scores.json"
+    scores.unlink()  # written by this process's evaluation above
+    printed = two_processes("gpt2_jax.evaluate")
+    assert json.loads(scores.read_text())["loss"] == pytest.approx(want_loss, rel=1e-6)
+    assert '"loss"' in printed[0] and '"loss"' not in printed[1], "only process 0 prints"
