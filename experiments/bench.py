@@ -9,7 +9,7 @@ a fixed shape (6 layers, width 384, 6 heads, context 256, batch 8, vocabulary
 * compile time, XLA's peak-memory estimate of the compiled step,
 * model FLOP utilisation: model FLOPs (``6N + 12 L d T`` per token, see
   :mod:`gpt2_jax.flops`) per second over the peak -- on CPU a matmul peak
-  measured in the same run, on GPU/TPU a table of device peaks;
+  measured in the same run, on GPU/TPU the datasheet peaks of ``gpt2_jax.flops.DEVICE_PEAKS``;
 * Hugging Face ``transformers``' GPT2LMHeadModel (PyTorch; eager and under
   ``torch.compile``) at the same shape, interleaved with ours, and the ratio;
 * how decoder-only tokens/s and memory change from context 128 to 1024 at a
