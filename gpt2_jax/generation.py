@@ -53,24 +53,25 @@ def complete(
     if n < 1:
         raise UserError(f"the prompt fills all {run.model.cfg.max_len} positions of the model; shorten it")
     eos = run.tokenizer.eos_id
-    inputs = run.place(inputs)
-    with run.decoding():
-        if beam_size:
-            tokens, lengths = decoding.beam_search(
-                run.params, inputs, model=run.model, max_new_tokens=n, eos_id=eos, beam_size=beam_size, alpha=alpha
-            )
-        else:
-            tokens, lengths = decoding.generate(
-                run.params,
-                inputs,
-                jax.random.PRNGKey(seed),
-                model=run.model,
-                max_new_tokens=n,
-                eos_id=eos,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-            )
+    inputs = sharding.place_rows(inputs, run.mesh)
+    if beam_size:
+        search = sharding.traced_on(run.mesh, decoding.beam_search)
+        tokens, lengths = search(
+            run.params, inputs, model=run.model, max_new_tokens=n, eos_id=eos, beam_size=beam_size, alpha=alpha
+        )
+    else:
+        generate = sharding.traced_on(run.mesh, decoding.generate)
+        tokens, lengths = generate(
+            run.params,
+            inputs,
+            jax.random.PRNGKey(seed),
+            model=run.model,
+            max_new_tokens=n,
+            eos_id=eos,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
     tokens, lengths = sharding.to_host(tokens), sharding.to_host(lengths)
     out = []
     for row, length in zip(tokens[: len(texts)], lengths[: len(texts)], strict=True):

@@ -5,17 +5,16 @@ it trained on (``sharding.make_mesh``): by default the run's own
 ``config.mesh``, or another one that fits this machine, since checkpoints
 restore onto any mesh.  The parameters are restored already sharded by the
 partition rules, and decoding splits its rows over ``data`` x ``fsdp`` and
-heads over ``tensor`` (:meth:`Run.decoding`).  On several hosts (after
+heads over ``tensor`` (:func:`gpt2_jax.generation.complete`).  On several hosts (after
 ``jax.distributed.initialize()``, see :mod:`gpt2_jax.run_flags`) the mesh
 spans them all and every host passes the same inputs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +44,6 @@ class Run:
     @property
     def arch(self) -> str:
         return self.model.cfg.arch
-
-    def place(self, inputs: Mapping[str, Any]) -> dict[str, jax.Array]:
-        """Decoding inputs on the mesh: rows split over ``data`` x ``fsdp`` where they divide, else replicated."""
-        return sharding.place_rows(dict(inputs), self.mesh)
-
-    @contextlib.contextmanager
-    def decoding(self) -> Iterator[None]:
-        """Trace decoding under the mesh's axes, so that the model's activation constraints apply.
-
-        Rows over ``data`` x ``fsdp``, heads and vocabulary over ``tensor`` (see ``sharding.constrain``).
-        """
-        with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
-            yield
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, cfg: TransformerConfig) -> Any:

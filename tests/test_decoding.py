@@ -240,8 +240,7 @@ def test_decoding_on_a_mesh_equals_one_device(arch):
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     sharded = jax.device_put(params, sharding.tree_shardings(params, mesh))
     assert sharded["h_0"]["mlp"]["c_fc"]["kernel"].sharding.spec == P("fsdp", "tensor")
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-        got = decode(sharded, sharding.place_rows(inputs, mesh))
+    got = sharding.traced_on(mesh, decode)(sharded, sharding.place_rows(inputs, mesh))
     assert got[0][0].sharding.spec == P(("data", "fsdp")), "the rows were decoded split over data x fsdp"
     for (w_tokens, w_lengths), (g_tokens, g_lengths) in zip(want, jax.device_get(got), strict=True):
         np.testing.assert_array_equal(g_lengths, w_lengths)
