@@ -93,13 +93,26 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored.meta)
 
-    def restore(self, abstract_state: Any, expected_signature: dict[str, Any]) -> tuple[Any, dict, int] | None:
-        """Restore the newest readable step into ``abstract_state``'s shapes and shardings.
+    def restore(
+        self, abstract: Any, expected_signature: dict[str, Any], params_only: bool = False
+    ) -> tuple[Any, dict, int] | None:
+        """Restore the newest readable step into ``abstract``'s shapes and shardings.
 
-        Returns ``(state, meta, step)``, or None when there is no checkpoint.
-        Raises :class:`CheckpointError` when the checkpoint belongs to another
-        model, or when no step can be read.
+        ``abstract`` is the whole train state, or with ``params_only`` just its
+        parameters: then only they are read from disk (decoding and evaluation
+        need neither the optimizer's moments, twice the parameters' size, nor
+        the optimizer config that shaped them).
+        Returns ``(state or params, meta, step)``, or None when there is no
+        checkpoint.  Raises :class:`CheckpointError` when the checkpoint
+        belongs to another model, or when no step can be read.
         """
+        if params_only:
+            item = {"params": abstract}
+            args = ocp.args.PyTreeRestore(
+                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+            )
+        else:
+            args = ocp.args.StandardRestore(abstract)
         steps = self.steps()
         failures = []
         for step in reversed(steps):
@@ -119,16 +132,14 @@ class Checkpointer:
                     + ". Use a fresh --workdir, or the config that wrote it"
                 )
             try:
-                restored = self._manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-                )
+                restored = self._manager.restore(step, args=ocp.args.Composite(state=args))
             except Exception as e:
                 failures.append(f"step {step}: {type(e).__name__}: {e}")
                 log.warning(
                     "checkpoint step %d in %s is unreadable (%s); trying an earlier one", step, self.directory, e
                 )
                 continue
-            return restored.state, meta, step
+            return (restored.state["params"] if params_only else restored.state), meta, step
         if failures:
             raise CheckpointError(
                 f"no checkpoint in {self.directory} could be read ({'; '.join(failures)[:500]}); "

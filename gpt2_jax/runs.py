@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from gpt2_jax import batch as batch_lib
-from gpt2_jax import checkpointing, optim, sharding
+from gpt2_jax import checkpointing, sharding
 from gpt2_jax.data import tokenizers
 from gpt2_jax.errors import CheckpointError, ConfigError
 from gpt2_jax.model import Transformer, TransformerConfig
@@ -46,22 +45,10 @@ class Run:
         return self.model.cfg.arch
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, cfg: TransformerConfig) -> Any:
-    """Shapes of the train state a run of ``config`` checkpoints (no arrays are allocated)."""
-    from gpt2_jax.train import TrainState
-
-    model = Transformer(cfg)
+def abstract_params(cfg: TransformerConfig) -> Any:
+    """Shapes of the parameters of a model of ``cfg`` (no arrays are allocated)."""
     dummy = batch_lib.dummy(cfg.arch, 1, cfg.max_len, cfg.max_len, cfg.vector_dim)
-
-    def init():
-        params = model.init(jax.random.PRNGKey(0), dummy)["params"]
-        tx = optim.make(config.optimizer, config.num_train_steps, params)
-        zero = jnp.zeros((), jnp.int32)
-        return TrainState(
-            step=zero, params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(0), nonfinite_steps=zero
-        )
-
-    return jax.eval_shape(init)
+    return jax.eval_shape(lambda: Transformer(cfg).init(jax.random.PRNGKey(0), dummy)["params"])
 
 
 def decode_mesh(config: ml_collections.ConfigDict, mesh_config: Mapping[str, int] | None = None) -> jax.sharding.Mesh:
@@ -92,7 +79,7 @@ def parse_mesh(text: str) -> dict[str, int] | None:
 
 
 def load(workdir: str | Path, mesh_config: Mapping[str, int] | None = None) -> Run:
-    """The run in ``workdir`` with the parameters of its latest readable checkpoint, sharded on a mesh.
+    """The run in ``workdir`` with the parameters (only) of its latest readable checkpoint, sharded on a mesh.
 
     The mesh is ``mesh_config`` or, by default, the run's own ``config.mesh``
     (resolved against this machine's devices).
@@ -105,15 +92,15 @@ def load(workdir: str | Path, mesh_config: Mapping[str, int] | None = None) -> R
     fields = {f.name for f in dataclasses.fields(TransformerConfig)}
     cfg = TransformerConfig(**{k: v for k, v in config.model.to_dict().items() if k in fields})
     mesh = decode_mesh(config, mesh_config)
-    abstract = abstract_train_state(config, cfg)
+    abstract = abstract_params(cfg)
     target = checkpointing.abstract_with_shardings(abstract, sharding.tree_shardings(abstract, mesh))
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints")
     try:
-        restored = ckpt.restore(target, checkpointing.signature(cfg.arch, abstract.params, cfg.vocab_size))
+        restored = ckpt.restore(target, checkpointing.signature(cfg.arch, abstract, cfg.vocab_size), params_only=True)
     finally:
         ckpt.close()
     if restored is None:
         raise CheckpointError(f"{workdir} has no checkpoint yet; train it first")
-    state, _, step = restored
+    params, _, step = restored
     tokenizer = tokenizers.load(workdir / "tokenizer.json")
-    return Run(workdir, config, Transformer(cfg), state.params, tokenizer, step, mesh)
+    return Run(workdir, config, Transformer(cfg), params, tokenizer, step, mesh)

@@ -5,12 +5,14 @@ import math
 import subprocess
 import sys
 
+import jax
+import ml_collections
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from gpt2_jax import runs, scores, train
+from gpt2_jax import checkpointing, runs, scores, train
 from gpt2_jax.data import paired_splits, paths
-from gpt2_jax.errors import ConfigError
+from gpt2_jax.errors import CheckpointError, ConfigError
 from gpt2_jax.evaluate import decode_split, language_model_scores
 from gpt2_jax.generation import complete
 from tests.helpers import REPO, small_copy_config, tiny_config, write_corpus
@@ -103,6 +105,33 @@ def test_language_model_scores_are_the_same_on_another_mesh(tmp_path):
     assert json.loads((workdir / "eval_validation" / "scores.json").read_text())["loss"] == eight["loss"]
 
 
+def test_a_run_loads_its_parameters_without_the_optimizer_state(tmp_path):
+    """Decoding reads only the parameters: a run whose optimizer config no longer matches its saved moments loads."""
+
+    def restore_train_state(config):
+        exp = train.Experiment(config)
+        reader = checkpointing.Checkpointer(workdir / "checkpoints")
+        try:
+            return reader.restore(
+                checkpointing.abstract_with_shardings(exp.abstract_state, exp.state_shardings), exp.signature
+            )[0]
+        finally:
+            reader.close()
+
+    workdir = tmp_path / "lm"
+    config = tiny_config("decoder_only", write_corpus(tmp_path))
+    train.train_and_evaluate(config, workdir)
+    saved = restore_train_state(config)
+    resolved = json.loads((workdir / "config.json").read_text())
+    resolved["optimizer"]["grad_clip_norm"] = 0.0  # one optax transform fewer: another optimizer-state tree
+    (workdir / "config.json").write_text(json.dumps(resolved))
+    with pytest.raises(CheckpointError, match="could be read"):
+        restore_train_state(ml_collections.ConfigDict(resolved))
+    run = runs.load(workdir)
+    assert run.step == 20
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), run.params, saved.params))
+
+
 def test_bleu_and_chrf_of_a_reference_against_itself_are_100():
     refs = ["A man rides a bike.", "Two dogs play in the snow.", "Ein kleines Haus."]
     assert scores.bleu(refs, refs)["bleu"] == pytest.approx(100.0)
@@ -112,7 +141,5 @@ def test_bleu_and_chrf_of_a_reference_against_itself_are_100():
 
 
 def test_loading_a_directory_without_a_run_is_a_clear_error(tmp_path):
-    from gpt2_jax.errors import CheckpointError
-
     with pytest.raises(CheckpointError, match="holds no run"):
         runs.load(tmp_path)
