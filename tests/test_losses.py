@@ -32,6 +32,34 @@ def reference(x, emb, targets, weights):
     return loss, jnp.argmax(logits, -1)
 
 
+@pytest.mark.parametrize(
+    "impl", [losses.row_max_and_argmax, losses.scaled_gap_max_and_argmax, losses.variadic_max_and_argmax]
+)
+def test_row_max_and_argmax_equal_jnp_on_ties_magnitudes_and_padding(impl):
+    """The first maximum's index, as jnp.argmax: ties, tiny and huge logits, padded entries, one-ulp gaps."""
+    rng = np.random.default_rng(0)
+    V = 50257  # GPT-2's vocabulary: indices far past what a float's mantissa needs at small V
+    rows = [rng.standard_normal(V) * scale for scale in (1e-9, 1e-3, 1.0, 30.0, 1e12)]
+    rows.append(np.zeros(V))  # all tied: index 0
+    tie = rng.standard_normal(V)
+    tie[[7, 40000]] = tie.max() + 1.0  # two equal maxima: the first
+    rows.append(tie)
+    ulp = rng.standard_normal(V)
+    top = np.float32(ulp.max() + 1)
+    ulp[123], ulp[124] = top, np.nextafter(top, np.float32(-np.inf))  # the runner-up one float32 ulp below
+    rows.append(ulp)
+    padded = rng.standard_normal(V)
+    padded[V - 100 :] = losses.PADDED_LOGIT
+    rows.append(padded)
+    rows.append(np.full(V, losses.PADDED_LOGIT))
+    rows[-1][V - 1] = -3.0
+    logits = jnp.asarray(np.stack(rows), jnp.float32)
+    got_max, got_argmax = jax.jit(impl)(logits)
+    np.testing.assert_array_equal(got_argmax, jnp.argmax(logits, -1))
+    np.testing.assert_array_equal(got_max, jnp.max(logits, -1))
+    assert got_argmax.dtype == jnp.int32 and int(got_argmax[6]) == 7 and int(got_argmax[7]) == 123
+
+
 @pytest.mark.parametrize("chunk_len", [0, 1, 2, 5, 64])  # whole, every position, uneven (5 = 2 + 2 + 1), one
 def test_loss_argmax_and_gradients_equal_optax_on_materialised_logits(chunk_len):
     x, emb, targets, weights = batch()
