@@ -87,9 +87,18 @@ class Decoder:
         self.cfg = model.cfg
         self.max_len = 0  # cache length, set by start()
 
-    def _extend(self, params, tokens, positions, mask, cache, index, cross_kv=None, cross_mask=None):
+    def _extend(self, params, tokens, positions, mask, cache, index, cross_kv=None, cross_mask=None, logits_at=None):
         return self.model.apply(
-            {"params": params}, tokens, positions, mask, cache, index, cross_kv, cross_mask, method=Transformer.extend
+            {"params": params},
+            tokens,
+            positions,
+            mask,
+            cache,
+            index,
+            cross_kv,
+            cross_mask,
+            logits_at,
+            method=Transformer.extend,
         )
 
     def start(self, params, inputs: dict[str, Array], max_new_tokens: int) -> dict[str, Any]:
@@ -134,9 +143,9 @@ class Decoder:
         cache = init_cache(cfg, B, max_len)
         positions = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
         mask = _prefill_mask(cfg.arch, lengths, P, max_len)
-        logits, cache = self._extend(params, prompt, positions, mask, cache, jnp.zeros((B,), jnp.int32))
-        last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-        return {"logits": last, "cache": cache, "pos": lengths, "cross_kv": None, "cross_mask": None}
+        zero = jnp.zeros((B,), jnp.int32)
+        logits, cache = self._extend(params, prompt, positions, mask, cache, zero, logits_at=lengths - 1)
+        return {"logits": logits[:, 0], "cache": cache, "pos": lengths, "cross_kv": None, "cross_mask": None}
 
     def step(self, params, state: dict[str, Any], tokens_B: Array) -> tuple[Array, list]:
         """Feed one token per row at its position; return the next logits and cache."""

@@ -8,6 +8,7 @@ from jax.sharding import PartitionSpec as P
 
 from gpt2_jax import decoding, sharding
 from gpt2_jax.model import Transformer, TransformerConfig
+from tests.helpers import jaxpr_equations
 
 GENERATIVE = ("decoder_only", "prefix_lm", "encoder_decoder")
 V, EOS, BOS, PAD = 40, 2, 1, 0
@@ -90,6 +91,18 @@ def test_cached_logits_equal_full_forward_at_every_position(arch):
         seq = np.concatenate([prompt, continuation[row, :5]]).astype(np.int32)
         want = full_logits(model, params, arch, seq, len(prompt))[len(prompt) - 1 :]
         assert np.abs(got[row] - want).max() <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["decoder_only", "prefix_lm"])
+def test_prefill_forms_logits_at_each_rows_last_prompt_position_only(arch):
+    """The output layer runs on one position per row ``[B, 1, D]``, never on the whole prompt ``[B, P, V]``."""
+    model, params = model_and_params(arch)
+    prompts = [np.arange(5, 17), np.arange(5, 8)]  # 12 and 3 tokens: padded to one width
+    inputs = decoding.pad_prompts(prompts, PAD)
+    B, P = inputs["prompt_tokens"].shape
+    jaxpr = jax.make_jaxpr(lambda p, i: decoding.Decoder(model).start(p, i, 4)["logits"])(params, inputs)
+    shapes = {tuple(v.aval.shape) for e in jaxpr_equations(jaxpr.jaxpr) for v in e.outvars}
+    assert (B, 1, V) in shapes and (B, P, V) not in shapes and (B, V) == jaxpr.out_avals[0].shape
 
 
 def greedy_by_full_forwards(model, params, arch, prompt, n, source=None):
