@@ -65,12 +65,13 @@ def scaled_gap_max_and_argmax(logits_TxV: Array) -> tuple[Array, Array]:
 def row_max_and_argmax(logits_TxV: Array) -> tuple[Array, Array]:
     """The max of every row and the first index that reaches it (as ``jnp.argmax``): ``[..., V] -> [...], [...]``.
 
-    On GPUs and TPUs one variadic reduction reads the logits once.  XLA:CPU
-    runs that through its own loop emitter, but a float max over an
-    elementwise expression as a vectorised (YNNPACK) reduction, so there two
-    of those are faster despite the second read: one core, ``[2048, 8192]``
-    float32 with a logsumexp's exp-sum, 85 -> 46 ms; the bench's fused output
-    layer + loss with its gradients, 287 -> 250 and 299 -> 269 ms on two cores.
+    On GPUs and TPUs one variadic (value, index) reduction reads the logits
+    once.  XLA:CPU runs that reduction through its own scalar loop emitter,
+    while it hands a float max over an elementwise expression to YNNPACK's
+    vectorised reductions: on the CPU two of those are faster despite the
+    second read (one core, ``[2048, 8192]`` float32 with a logsumexp's
+    exp-sum: 85 -> 46 ms; the bench's fused output layer + loss with its
+    gradients: 287 -> 250 and 299 -> 269 ms on two cores).
     """
     if jax.default_backend() == "cpu":
         return scaled_gap_max_and_argmax(logits_TxV)
@@ -244,8 +245,9 @@ def tied_cross_entropy(
     gather and scatter-add, in float32).  Each chunk's logits are thus written
     once and read three times (max; argmax, see :func:`row_max_and_argmax`;
     exp and sum).  The matmuls run in ``x``'s dtype and accumulate in float32
-    (bf16 compute gets bf16 matmuls in both directions).  With ``vocab_size`` below the embedding's rows, the
-    rows past it (padding) are never predicted.
+    (bf16 compute gets bf16 matmuls in both directions).  With ``vocab_size``
+    below the embedding's rows, the rows past it (padding) are never
+    predicted.
     """
     vocab_size = embedding_VxD.shape[0] if vocab_size is None else vocab_size
     targets_BxL, weights_BxL = targets_BxL.astype(jnp.int32), weights_BxL.astype(jnp.float32)
