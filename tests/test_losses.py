@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from gpt2_jax import losses
 from tests.helpers import jaxpr_equations
@@ -58,6 +60,18 @@ def test_row_max_and_argmax_equal_jnp_on_ties_magnitudes_and_padding(impl):
     np.testing.assert_array_equal(got_argmax, jnp.argmax(logits, -1))
     np.testing.assert_array_equal(got_max, jnp.max(logits, -1))
     assert got_argmax.dtype == jnp.int32 and int(got_argmax[6]) == 7 and int(got_argmax[7]) == 123
+
+
+@pytest.mark.parametrize("impl", [losses.scaled_gap_max_and_argmax, losses.variadic_max_and_argmax])
+def test_row_argmax_over_a_vocabulary_split_across_devices(impl):
+    """Logits split over 4 devices' vocabulary shards: the same first index, a tie across shards included."""
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("batch", "vocab"))
+    logits = np.random.default_rng(0).standard_normal((16, 4096)).astype(np.float32)
+    logits[3, [100, 3000]] = 9.0  # equal maxima on the first and the third shard
+    placed = jax.device_put(logits, NamedSharding(mesh, P("batch", "vocab")))
+    _, argmax = jax.jit(impl)(placed)
+    np.testing.assert_array_equal(argmax, logits.argmax(-1))
+    assert int(np.asarray(argmax)[3]) == 100
 
 
 @pytest.mark.parametrize("chunk_len", [0, 1, 2, 5, 64])  # whole, every position, uneven (5 = 2 + 2 + 1), one
