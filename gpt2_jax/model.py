@@ -16,10 +16,10 @@ output embeddings, GPT-2's initialisation (std 0.02, residual projections
 scaled by 1/sqrt(2 * n_layer)) and GPT-2's parameter names (``wte``, ``wpe``,
 ``h_{i}/ln_1``, ``h_{i}/attn/c_attn``, ``h_{i}/attn/c_proj``, ``h_{i}/ln_2``,
 ``h_{i}/mlp/c_fc``, ``h_{i}/mlp/c_proj``, ``ln_f``), so GPT-2 checkpoints map
-onto the decoder-only model one-to-one (``c_attn`` reshaped: see ``FusedQKV``).  Cross-attention follows Hugging
-Face's GPT-2 names (``ln_cross_attn``, ``crossattention/q_attn``,
-``crossattention/c_attn``, ``crossattention/c_proj``).  The encoder of an
-encoder-decoder model lives under ``encoder_wpe``, ``encoder_h_{i}`` and
+onto the decoder-only model one-to-one (``c_attn`` reshaped: see
+``FusedQKV``).  Cross-attention follows Hugging Face's GPT-2 names
+(``ln_cross_attn``, ``crossattention/q_attn``, ``crossattention/c_attn``,
+``crossattention/c_proj``).  The encoder of an encoder-decoder model lives under ``encoder_wpe``, ``encoder_h_{i}`` and
 ``encoder_ln_f`` (with shared weights it reuses ``wpe`` and ``h_{i}``).
 
 Tensor names carry their shapes: B batch, L decoder length, S encoder length,

@@ -89,8 +89,7 @@ def load(workdir: str | Path, mesh_config: Mapping[str, int] | None = None) -> R
         if not (workdir / name).exists():
             raise CheckpointError(f"{workdir} holds no run ({name} is missing); pass the --workdir of a training run")
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    fields = {f.name for f in dataclasses.fields(TransformerConfig)}
-    cfg = TransformerConfig(**{k: v for k, v in config.model.to_dict().items() if k in fields})
+    cfg = TransformerConfig.from_config(config.model.to_dict())
     mesh = decode_mesh(config, mesh_config)
     abstract = abstract_params(cfg)
     target = checkpointing.abstract_with_shardings(abstract, sharding.tree_shardings(abstract, mesh))
