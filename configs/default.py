@@ -3,7 +3,7 @@
 Other configs start from this one and change a few fields, so every run has the
 same schema and a mistyped override (``--config.model.num_layer=4``) is an error.
 A field added to the schema must default to the behaviour from before it existed:
-runs and sweeps saved without it then resume (``train.config_differences``).
+runs and sweeps saved without it then resume (``workdir.config_differences``).
 """
 
 import ml_collections
@@ -35,7 +35,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.max_len = 0  # Rows of the position table; 0 = the data's longest sequence.
     config.model.dropout_rate = 0.0  # Dropout on embeddings and residual branches.
     config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (parameters stay float32).
-    config.model.attention_impl = "xla"  # xla | cudnn (cuDNN flash attention, GPU only).
     # encoder_decoder only: the encoder reuses the decoder's blocks (T5's "shared").
     config.model.share_encoder_decoder = False
     config.model.positional = "learned"  # learned | none (no position embedding, Haviv et al. 2022).
@@ -43,15 +42,16 @@ def get_config() -> ml_collections.ConfigDict:
     # With remat, what each block keeps: full (only its input) | dots (also its dense layers' matmul outputs;
     # attention, LayerNorm and GELU are recomputed: less memory saved, less recomputed).
     config.model.remat_policy = "full"
-    # Positions whose logits the loss forms at a time (output layer + cross-entropy fused, the [B, L, V]
-    # logits never held whole; gradients formed in the forward pass); 0 = the whole sequence at once.
+    # Positions whose logits the loss forms at a time (the [B, L, V] logits are never held whole); 0 = all at once.
     config.model.loss_chunk_len = 128
     # Token-table rows rounded up to a multiple of this (nanoGPT: 50257 -> 50304 for GPT-2); the padded rows are
     # never predicted. Faster matmul shapes on accelerators, and a tensor mesh axis can split the vocabulary.
     config.model.pad_vocab_to = 1
-    # float32 | bfloat16: the dtype the output layer's matmul writes its logits in (the loss reads them in float32).
-    # bfloat16 (MaxText's default) halves the loss's memory traffic, a few % of a GPU step, at bf16's precision.
-    config.model.logits_dtype = "float32"
+    # Opt-in speed paths (gpt2_jax/fast/, docs/performance.md); each computes the same function as its default.
+    # xla | cudnn (cuDNN flash attention, GPU only) | block_causal (XLA, causal attention per block of 128 queries).
+    config.model.attention_impl = "xla"
+    config.model.loss_impl = "chunked"  # chunked (optax, rematerialised per chunk) | fused (gradients in the forward).
+    config.model.gelu_impl = "autodiff"  # autodiff | recompute (the backward pass keeps only the GELU's input).
     config.model.init_from = ""  # Start from GPT-2 weights: a Hugging Face checkpoint folder or hub name ("gpt2").
     config.model.vector_dim = 0  # Real-valued inputs' width; 0 = take it from the data (icl_regression sets it).
 

@@ -1,7 +1,7 @@
 """GPT-2 small (124M): 12 layers, 12 heads, width 768, context 1024, GPT-2's BPE vocabulary (50257).
 
-``configs/gpt2_124m.py`` trains it from scratch on tiny Shakespeare (an
-accelerator job: bfloat16 compute, batch 8 x 1024 tokens);
+``configs/gpt2_124m.py`` trains it from scratch on tiny Shakespeare (a GPU
+job: bfloat16 compute, batch 8 x 1024 tokens, cuDNN attention);
 ``configs/gpt2_124m.py:finetune`` starts from OpenAI's weights imported from a
 Hugging Face checkpoint (``--config.model.init_from=/path/to/gpt2`` for a local
 folder with config.json and model.safetensors; the hub name ``gpt2`` when
@@ -21,9 +21,13 @@ def get_config(mode: str = "scratch"):
     config.model.emb_dim = 768
     config.model.dtype = "bfloat16"
     config.model.pad_vocab_to = 64  # 50257 -> 50304 token-table rows, as nanoGPT
+    # The speed paths a GPU step needs (docs/performance.md): cuDNN flash attention, the output layer fused with
+    # its loss, and a GELU whose backward pass keeps only its input.
+    config.model.attention_impl = "cudnn"
+    config.model.loss_impl = "fused"
+    config.model.gelu_impl = "recompute"
     config.model.dropout_rate = 0.0
-    # GPUs: cuBLAS for every matmul instead of XLA's Triton GEMM fusions. The batch-64 step measured +1.8% on an H100
-    # (+0.9-1.4% with cuBLASLt on) and +1.4% on an H200 (docs/results/gpu_h100, gpu_h200/session4); ignored elsewhere.
+    # GPUs: cuBLAS for every matmul instead of XLA's Triton GEMM fusions (docs/performance.md); ignored elsewhere.
     config.xla_options = "xla_gpu_enable_triton_gemm=false"
     config.batch_size = 8
     config.eval_batch_size = 8

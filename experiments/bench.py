@@ -33,16 +33,18 @@ import numpy as np
 from absl import app, flags
 
 from configs import default
-from gpt2_jax import flops, optim, train, validation
+from gpt2_jax import attention, flops, optim, steps, validation
 from gpt2_jax.model import Transformer, TransformerConfig
 
 _ARCHS = flags.DEFINE_list(
     "archs",
     ["decoder_only", "prefix_lm", "encoder_decoder"],
     "Runners of ours to time: `arch[:impl][@field=value...]`, e.g. decoder_only:xla or "
-    "decoder_only:cudnn@loss_chunk_len=0@remat=true (attention implementation, model config fields).",
+    "decoder_only:block_causal@loss_impl=fused@remat=true (attention implementation, model config fields).",
 )
-_ATTENTION = flags.DEFINE_enum("attention_impl", "xla", ["xla", "cudnn"], "Default attention implementation.")
+_ATTENTION = flags.DEFINE_enum(
+    "attention_impl", "xla", list(attention.IMPLEMENTATIONS), "Default attention implementation."
+)
 _BATCH = flags.DEFINE_integer("batch", 0, "Batch size (0 = the shape's).")
 _SHAPE = flags.DEFINE_enum("shape", "small", ["small", "gpt2_124m"], "small: 6x384, ctx 256, batch 8; or GPT-2 124M.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
@@ -193,7 +195,7 @@ def ours(
         batch["encoder_segment_ids"] = np.ones((B, enc_len), np.int32)
     params = jax.jit(lambda k: model.init(k, {k2: v[:1] for k2, v in batch.items()})["params"])(jax.random.PRNGKey(0))
     tx = optim.make(config.optimizer, 1000, params)
-    state = train.TrainState(
+    state = steps.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
@@ -201,7 +203,7 @@ def ours(
         nonfinite_steps=jnp.zeros((), jnp.int32),
     )
     step_fn = jax.jit(
-        lambda s, b: train.train_step(s, b, model=model, tx=tx, accum_steps=1),
+        lambda s, b: steps.train_step(s, b, model=model, tx=tx, accum_steps=1),
         donate_argnums=0,
         compiler_options=validation.xla_options(xla_options, check_names=True),
     )

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one run: the model tests that behave differently there
-# (cuDNN against XLA attention, the GELU's cuBLASLt epilogue, float32 tests under TF32),
-# where the GPT-2 124M bfloat16 train step spends its time (experiments.profile_step), and its
-# training benchmark (ours with cuDNN and XLA attention, float32 and bfloat16 logits, the
-# loss in one chunk, and transformers' GPT-2 eager and under torch.compile on the same
-# GPU), at batch 32, 64 and 128.  Ours compiles with configs/gpt2_124m.py's XLA options
-# (XO below); one batch-64 run without them compares.  PROFILE_ONLY=1 skips the peers.
+# The checks that need a GPU, in one run: the tests that behave differently there (cuDNN
+# against XLA attention, the recomputing GELU's cuBLASLt epilogue, float32 tests under TF32,
+# every speed path against its plain form), where the GPT-2 124M bfloat16 train step spends
+# its time (experiments.profile_step), and its training benchmark: the plain step against each
+# speed path of configs/gpt2_124m.py and all of them together, and transformers' GPT-2 eager
+# and under torch.compile on the same GPU, at batch 32, 64 and 128.  Ours compiles with
+# configs/gpt2_124m.py's XLA options (XO below).  PROFILE_ONLY=1 skips the peers.
 #
 # Usage (from the repository root, on a machine with one GPU and the package's
 # dependencies installed): experiments/gpu_check.sh [OUTDIR]   (default results/gpu_check)
@@ -20,25 +20,21 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, \
 'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, jax.devices())" \
   | tee -a "$OUT_DIR/gpu.txt"
-timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_model.py \
-  -k "cudnn or gelu or mlp or key_bias or input_bias or training_loss or padded_vocab" 2>&1 | tee "$OUT_DIR/test_gpu.log"
+timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_model.py tests/test_fast.py tests/test_attention.py \
+  -k "cudnn or gelu or training_loss or padded_vocab or fast or block or fused" 2>&1 | tee "$OUT_DIR/test_gpu.log"
 XO=--xla_options=xla_gpu_enable_triton_gemm=false
 timeout 150 python3 -m experiments.profile_step --shape=gpt2_124m --dtype=bfloat16 --batch=32 "$XO" \
-  --arch=decoder_only:cudnn --top=40 2>&1 | tee "$OUT_DIR/profile_124m_b32.log"
+  --arch=decoder_only:cudnn@loss_impl=fused@gelu_impl=recompute --top=40 2>&1 | tee "$OUT_DIR/profile_124m_b32.log"
 BENCH=(python3 -m experiments.bench --shape=gpt2_124m --dtype=bfloat16 --contexts= --rounds=6 --steps=4 "$XO")
-D=decoder_only:cudnn
+P=decoder_only                                         # the plain step
+F=decoder_only:cudnn@loss_impl=fused@gelu_impl=recompute  # configs/gpt2_124m.py's speed paths
 if [[ -n "${PROFILE_ONLY:-}" ]]; then
-  timeout 120 "${BENCH[@]}" --batch=32 --archs=$D,$D@logits_dtype=bfloat16 --peer=false 2>&1 \
-    | tee "$OUT_DIR/bench_124m_b32_ours.log"
+  timeout 120 "${BENCH[@]}" --batch=32 --archs=$P,$F --peer=false 2>&1 | tee "$OUT_DIR/bench_124m_b32_ours.log"
   exit 0
 fi
 # torch.compile of the peer alone takes minutes: this run needs its long timeout.
 timeout 420 "${BENCH[@]}" --batch=32 \
-  --archs=$D,$D@logits_dtype=bfloat16,$D@loss_chunk_len=0,prefix_lm:cudnn,encoder_decoder:cudnn,decoder_only:xla \
+  --archs=$P,decoder_only:cudnn,$P@loss_impl=fused,$P@gelu_impl=recompute,$F,prefix_lm:cudnn,encoder_decoder:cudnn \
   2>&1 | tee "$OUT_DIR/bench_124m_b32.log"
-timeout 150 "${BENCH[@]}" --batch=64 --archs=$D,$D@logits_dtype=bfloat16 --peer=false 2>&1 \
-  | tee "$OUT_DIR/bench_124m_b64.log"
-timeout 150 "${BENCH[@]}" --xla_options= --batch=64 --archs=$D@logits_dtype=bfloat16 --peer=false 2>&1 \
-  | tee "$OUT_DIR/bench_124m_b64_without_xla_options.log"
-timeout 150 "${BENCH[@]}" --batch=128 --archs=$D@logits_dtype=bfloat16 --peer=false 2>&1 \
-  | tee "$OUT_DIR/bench_124m_b128.log"
+timeout 150 "${BENCH[@]}" --batch=64 --archs=$P,$F --peer=false 2>&1 | tee "$OUT_DIR/bench_124m_b64.log"
+timeout 150 "${BENCH[@]}" --batch=128 --archs=$F --peer=false 2>&1 | tee "$OUT_DIR/bench_124m_b128.log"

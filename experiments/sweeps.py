@@ -19,7 +19,8 @@ from typing import Any
 
 import ml_collections
 
-from gpt2_jax import flops, train
+from gpt2_jax import flops
+from gpt2_jax import workdir as workdir_lib
 from gpt2_jax.model import TransformerConfig
 
 
@@ -167,7 +168,9 @@ def prepare(sweep: Sweep, workdir: Path) -> list[tuple[RunSpec, Path]]:
         }
         path = run_dir / "run.json"
         diffs = (
-            train.config_differences(json.loads(path.read_text())["config"], content["config"]) if path.exists() else []
+            workdir_lib.config_differences(json.loads(path.read_text())["config"], content["config"])
+            if path.exists()
+            else []
         )
         if diffs:
             raise ValueError(

@@ -29,12 +29,12 @@ def write_status(run_dir: Path, status: dict) -> None:
 
 
 def run(run_dir: Path) -> dict:
-    from gpt2_jax import runs, train
+    from gpt2_jax import experiment, runs, train
     from gpt2_jax.evaluate import decode_split
 
     spec = json.loads((run_dir / "run.json").read_text())
     config = ml_collections.ConfigDict(spec["config"])
-    train.enable_compilation_cache(config)
+    experiment.enable_compilation_cache(config)
     results = train.train_and_evaluate(config, run_dir / "train")
     if results.get("preempted"):
         raise RuntimeError(f"stopped by a signal after step {results['step']}")

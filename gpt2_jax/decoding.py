@@ -79,15 +79,18 @@ def _prefill_mask(arch: str, prompt_len_B: Array, prompt_width: int, max_len: in
     return jnp.pad(within, ((0, 0), (0, 0), (0, 0), (0, max_len - prompt_width)))
 
 
-class Decoder:
-    """Jitted prefill / step functions of one model, shared by sampling and beam search."""
+class CachedModel:
+    """A model run against its key/value cache: prefill (or encode) once, then one step per token.
+
+    Shared by sampling and beam search.
+    """
 
     def __init__(self, model: Transformer):
         self.model = model
         self.cfg = model.cfg
-        self.max_len = 0  # cache length, set by start()
+        self.max_len = 0  # cache length, set by prefill()
 
-    def _extend(self, params, tokens, positions, mask, cache, index, cross_kv=None, cross_mask=None, logits_at=None):
+    def _forward(self, params, tokens, positions, mask, cache, index, cross_kv=None, cross_mask=None, logits_at=None):
         return self.model.apply(
             {"params": params},
             tokens,
@@ -98,10 +101,10 @@ class Decoder:
             cross_kv,
             cross_mask,
             logits_at,
-            method=Transformer.extend,
+            method=Transformer.cached_forward,
         )
 
-    def start(self, params, inputs: dict[str, Array], max_new_tokens: int) -> dict[str, Any]:
+    def prefill(self, params, inputs: dict[str, Array], max_new_tokens: int) -> dict[str, Any]:
         """Prefill (or encode) and return the decoding state with the first next-token logits.
 
         ``inputs`` holds ``prompt_tokens [B, P]`` and ``prompt_lengths [B]``
@@ -127,7 +130,7 @@ class Decoder:
             cache = init_cache(cfg, B, max_len)
             pos = jnp.zeros((B,), jnp.int32)
             bos = jnp.full((B, 1), inputs["bos_id"], jnp.int32)
-            logits, cache = self._extend(
+            logits, cache = self._forward(
                 params, bos, pos[:, None], _step_mask(pos, max_len), cache, pos, cross_kv, cross_mask
             )
             return {
@@ -144,13 +147,13 @@ class Decoder:
         positions = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
         mask = _prefill_mask(cfg.arch, lengths, P, max_len)
         zero = jnp.zeros((B,), jnp.int32)
-        logits, cache = self._extend(params, prompt, positions, mask, cache, zero, logits_at=lengths - 1)
+        logits, cache = self._forward(params, prompt, positions, mask, cache, zero, logits_at=lengths - 1)
         return {"logits": logits[:, 0], "cache": cache, "pos": lengths, "cross_kv": None, "cross_mask": None}
 
     def step(self, params, state: dict[str, Any], tokens_B: Array) -> tuple[Array, list]:
         """Feed one token per row at its position; return the next logits and cache."""
         pos = state["pos"]
-        logits, cache = self._extend(
+        logits, cache = self._forward(
             params,
             tokens_B[:, None],
             pos[:, None],
@@ -181,8 +184,8 @@ def generate(
     A row stops at its first ``eos_id`` (included in its length); positions
     after it hold ``eos_id``.
     """
-    decoder = Decoder(model)
-    state = decoder.start(params, inputs, max_new_tokens)
+    cached = CachedModel(model)
+    state = cached.prefill(params, inputs, max_new_tokens)
     B = state["logits"].shape[0]
     out = jnp.full((B, max_new_tokens), eos_id, jnp.int32)
 
@@ -196,7 +199,7 @@ def generate(
         token = jnp.where(done, eos_id, choose(logits, sub, temperature, top_k, top_p))
         out = out.at[:, t].set(token)
         done = done | (token == eos_id)
-        logits, cache = decoder.step(params, state, token)
+        logits, cache = cached.step(params, state, token)
         state = dict(state, cache=cache, pos=state["pos"] + 1)
         return t + 1, logits, state, out, done, key
 
@@ -231,8 +234,8 @@ def beam_search(
     """
     K, N = beam_size, max_new_tokens
     flat_inputs = {k: (v if k == "bos_id" else jnp.repeat(v, K, axis=0)) for k, v in inputs.items()}
-    decoder = Decoder(model)
-    state = decoder.start(params, flat_inputs, N)
+    cached = CachedModel(model)
+    state = cached.prefill(params, flat_inputs, N)
     B = state["logits"].shape[0] // K
     alive_seq = jnp.full((B, K, N), eos_id, jnp.int32)
     alive_logp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (K - 1)), (B, 1))
@@ -278,7 +281,7 @@ def beam_search(
         parent = jnp.take_along_axis(beam, pick, axis=1)
         next_tokens = jnp.take_along_axis(token, pick, axis=1).reshape(B * K)
         state = dict(state, cache=jax.tree.map(lambda x: gather_beams(x, parent), state["cache"]))
-        logits, cache = decoder.step(params, state, next_tokens)
+        logits, cache = cached.step(params, state, next_tokens)
         state = dict(state, cache=cache, pos=state["pos"] + 1)
         return t + 1, logits, state, alive_logp, alive_seq, done_score, done_seq, done_len
 

@@ -22,6 +22,7 @@ from absl import app, flags
 from gpt2_jax import run_flags, runs, scores
 from gpt2_jax.data import PAIRED_DATASETS, paired_splits, paths
 from gpt2_jax.errors import UserError
+from gpt2_jax.experiment import Experiment
 from gpt2_jax.generation import complete
 
 _SPLIT = flags.DEFINE_string("split", "validation", "Split to evaluate (validation, test, test_ood, ...).")
@@ -70,9 +71,8 @@ def decode_split(
 
 def language_model_scores(run: runs.Run, split: str) -> dict:
     """Teacher-forced loss of a split, as perplexity and bits."""
-    from gpt2_jax import train
 
-    exp = train.Experiment(run.config, mesh=run.mesh)
+    exp = Experiment(run.config, mesh=run.mesh)
     if split not in exp.data.eval_splits:
         raise UserError(f"split {split!r} not found; this run's data has {', '.join(exp.data.eval_splits)}")
     metrics = exp.evaluate(run.params, split)

@@ -27,7 +27,7 @@ def main(argv: list[str]) -> None:
     # Our progress at INFO; the libraries' (Orbax logs every file it writes) at WARNING.
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("gpt2_jax").setLevel(logging.INFO)
-    from gpt2_jax import train  # deferred so that --help stays fast
+    from gpt2_jax import experiment, train  # deferred so that --help stays fast
 
     try:
         config = _CONFIG.value
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
         reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
         print(f"error: cannot load --config: {reason}", file=sys.stderr)
         sys.exit(2)
-    train.enable_compilation_cache(config)
+    experiment.enable_compilation_cache(config)
     try:
         results = train.train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
     except (UserError, train.NonFiniteLossError) as e:

@@ -161,8 +161,8 @@ def shards(kind: str) -> int:
     return 1 if mesh is None else _pieces(mesh, kind)
 
 
-def take_rows(table_VxD: jax.Array, ids: jax.Array, rows: str | None) -> jax.Array:
-    """``table``'s rows at ``ids`` (an embedding lookup): ``[V, D]`` -> ``[*ids.shape, D]``.
+def embedding_lookup(table_VxD: jax.Array, ids: jax.Array, rows: str | None) -> jax.Array:
+    """``table``'s rows at ``ids``: ``[V, D]`` -> ``[*ids.shape, D]``.
 
     Under a mesh the table is gathered over ``fsdp`` first (``rows`` names how
     its rows stay split): FSDP moves weights, and a lookup in a table whose

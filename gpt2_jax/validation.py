@@ -8,13 +8,15 @@ a message that names the field and says what to change.
 
 from __future__ import annotations
 
+from gpt2_jax.attention import IMPLEMENTATIONS as ATTENTION_IMPLS
 from gpt2_jax.batch import ARCHITECTURES
 from gpt2_jax.data import DATASETS, PAIRED_DATASETS
 from gpt2_jax.data.tokenizers import NAMES as TOKENIZERS
 from gpt2_jax.errors import ConfigError
 from gpt2_jax.model import DTYPES, REMAT_POLICIES
 
-ATTENTION_IMPLS = ("xla", "cudnn")
+LOSS_IMPLS = ("chunked", "fused")
+GELU_IMPLS = ("autodiff", "recompute")
 POSITIONALS = ("learned", "none")
 OBJECTIVES = ("auto", "lm", "mlm", "span_corruption", "seq2seq")
 DECODER_ONLY_LOSSES = ("auto", "all", "continuation")
@@ -125,8 +127,9 @@ def validate(config) -> None:
     )
     _require(0.0 <= m.dropout_rate < 1.0, f"config.model.dropout_rate must be in [0, 1), got {m.dropout_rate}")
     _one_of(m.dtype, tuple(DTYPES), "config.model.dtype")
-    _one_of(m.logits_dtype, tuple(DTYPES), "config.model.logits_dtype")
     _one_of(m.attention_impl, ATTENTION_IMPLS, "config.model.attention_impl")
+    _one_of(m.loss_impl, LOSS_IMPLS, "config.model.loss_impl")
+    _one_of(m.gelu_impl, GELU_IMPLS, "config.model.gelu_impl")
     _one_of(m.remat_policy, tuple(REMAT_POLICIES), "config.model.remat_policy")
     _one_of(m.positional, POSITIONALS, "config.model.positional")
     if m.share_encoder_decoder:

@@ -10,6 +10,7 @@ import pytest
 from gpt2_jax import data, train
 from gpt2_jax.data import datasets, sources, synthetic
 from gpt2_jax.errors import CheckpointError, DataError
+from gpt2_jax.experiment import Experiment
 from tests.helpers import TEXT, tiny_config, write_corpus
 
 DATA_DIR = Path(os.environ.get("GPT2_JAX_DATA_DIR", ""))
@@ -185,7 +186,7 @@ def test_vocabulary_that_does_not_match_the_checkpoint_is_refused(tmp_path):
 def test_vocabulary_size_in_config_must_match_tokenizer(tmp_path):
     corpus = write_corpus(tmp_path)
     with pytest.raises(ValueError, match=r"vocab_size=999 but the 'char' tokenizer has \d+ tokens"):
-        train.Experiment(tiny_config(corpus=corpus, **{"model.vocab_size": 999}))
+        Experiment(tiny_config(corpus=corpus, **{"model.vocab_size": 999}))
 
 
 def test_text_datasets_serve_every_objective(tmp_path):

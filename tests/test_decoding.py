@@ -61,12 +61,12 @@ def full_logits(model, params, arch, row_tokens, prefix, source=None):
 def test_cached_logits_equal_full_forward_at_every_position(arch):
     model, params = model_and_params(arch)
     rng = np.random.default_rng(0)
-    dec = decoding.Decoder(model)
+    dec = decoding.CachedModel(model)
     if arch == "encoder_decoder":
         sources = [rng.integers(5, V, 3), rng.integers(5, V, 6)]  # ragged sources
         targets = rng.integers(5, V, (2, 8)).astype(np.int32)
         inputs = decoding.encoder_inputs(sources, PAD, BOS)
-        state = dec.start(params, inputs, 8)
+        state = dec.prefill(params, inputs, 8)
         got = [state["logits"]]
         for t in range(7):
             logits, cache = dec.step(params, state, jnp.asarray(targets[:, t]))
@@ -80,7 +80,7 @@ def test_cached_logits_equal_full_forward_at_every_position(arch):
         return
     prompts = [rng.integers(5, V, 3), rng.integers(5, V, 5)]  # ragged prompts in one batch
     continuation = rng.integers(5, V, (2, 6)).astype(np.int32)
-    state = dec.start(params, decoding.pad_prompts(prompts, PAD), 6)
+    state = dec.prefill(params, decoding.pad_prompts(prompts, PAD), 6)
     got = [state["logits"]]
     for t in range(5):
         logits, cache = dec.step(params, state, jnp.asarray(continuation[:, t]))
@@ -100,7 +100,7 @@ def test_prefill_forms_logits_at_each_rows_last_prompt_position_only(arch):
     prompts = [np.arange(5, 17), np.arange(5, 8)]  # 12 and 3 tokens: padded to one width
     inputs = decoding.pad_prompts(prompts, PAD)
     B, P = inputs["prompt_tokens"].shape
-    jaxpr = jax.make_jaxpr(lambda p, i: decoding.Decoder(model).start(p, i, 4)["logits"])(params, inputs)
+    jaxpr = jax.make_jaxpr(lambda p, i: decoding.CachedModel(model).prefill(p, i, 4)["logits"])(params, inputs)
     shapes = {tuple(v.aval.shape) for e in jaxpr_equations(jaxpr.jaxpr) for v in e.outvars}
     assert (B, 1, V) in shapes and (B, P, V) not in shapes and (B, V) == jaxpr.out_avals[0].shape
 

@@ -14,6 +14,7 @@ from gpt2_jax import checkpointing, runs, scores, train
 from gpt2_jax.data import paired_splits, paths
 from gpt2_jax.errors import CheckpointError, ConfigError
 from gpt2_jax.evaluate import decode_split, language_model_scores
+from gpt2_jax.experiment import Experiment
 from gpt2_jax.generation import complete
 from tests.helpers import REPO, small_copy_config, tiny_config, write_corpus
 
@@ -109,7 +110,7 @@ def test_a_run_loads_its_parameters_without_the_optimizer_state(tmp_path):
     """Decoding reads only the parameters: a run whose optimizer config no longer matches its saved moments loads."""
 
     def restore_train_state(config):
-        exp = train.Experiment(config)
+        exp = Experiment(config)
         reader = checkpointing.Checkpointer(workdir / "checkpoints")
         try:
             return reader.restore(

@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from gpt2_jax import decoding, hf_gpt2, train
+from gpt2_jax import decoding, hf_gpt2
 from gpt2_jax.errors import CheckpointError
+from gpt2_jax.experiment import Experiment
 from gpt2_jax.model import Transformer
 from tests.helpers import tiny_config, write_corpus
 
@@ -98,7 +99,7 @@ def test_fine_tuning_starts_from_imported_weights(tmp_path):
     config.model.max_len = 64
     config.model.init_from = str(folder)
     config.model.pad_vocab_to = 64  # as configs/gpt2_124m.py: 50257 -> 50304 rows
-    exp = train.Experiment(config)
+    exp = Experiment(config)
     state = exp.init_state()
     _, imported = hf_gpt2.load(str(folder))
     np.testing.assert_array_equal(
@@ -109,7 +110,7 @@ def test_fine_tuning_starts_from_imported_weights(tmp_path):
     np.testing.assert_array_equal(table[:50257], imported["wte"]["embedding"])
     config.model.num_layers = 3
     with pytest.raises(CheckpointError, match="does not fit this model"):
-        train.Experiment(config).init_state()
+        Experiment(config).init_state()
 
 
 @pytest.mark.slow

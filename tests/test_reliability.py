@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from gpt2_jax import checkpointing, train
+from gpt2_jax import workdir as workdir_lib
 from gpt2_jax.errors import CheckpointError, UserError
+from gpt2_jax.experiment import Experiment
 from tests.helpers import REPO, TEXT, tiny_config, write_corpus
 
 
@@ -132,14 +134,14 @@ class PoisonedIterator:
 
 
 def poison(monkeypatch, bad_step: int) -> None:
-    original = train.Experiment.__init__
+    original = Experiment.__init__
 
     def patched(self, config, mesh=None):
         original(self, config, mesh)
         make = self.data.train_iterator
         self.data.train_iterator = lambda state=None: PoisonedIterator(make(state), bad_step)
 
-    monkeypatch.setattr(train.Experiment, "__init__", patched)
+    monkeypatch.setattr(Experiment, "__init__", patched)
 
 
 def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -277,7 +279,8 @@ BAD_INPUTS = {
     "dropout out of range": (_set(**{"model.dropout_rate": 1.5}), "dropout_rate must be in [0, 1)"),
     "negative loss chunk": (_set(**{"model.loss_chunk_len": -1}), "loss_chunk_len must be >= 0"),
     "vocabulary padding below one": (_set(**{"model.pad_vocab_to": 0}), "pad_vocab_to must be >= 1"),
-    "float16 logits": (_set(**{"model.logits_dtype": "float16"}), "config.model.logits_dtype"),
+    "unknown loss form": (_set(**{"model.loss_impl": "fast"}), "config.model.loss_impl"),
+    "unknown attention form": (_set(**{"model.attention_impl": "flash"}), "config.model.attention_impl"),
     "unknown dtype": (_set(**{"model.dtype": "float16"}), "config.model.dtype='float16'"),
     "cudnn without a GPU": (_set(**{"model.attention_impl": "cudnn"}), "needs a GPU"),
     "unknown remat policy": (_set(**{"model.remat_policy": "dots_saveable"}), "choose one of 'full', 'dots'"),
@@ -374,9 +377,9 @@ def test_workdir_check_lets_a_run_move_to_another_mesh_or_machine_but_not_become
         "optimizer.grad_accum_steps": 2,
     }
     moved = tiny_config(corpus=corpus, **launch)
-    train.check_workdir(workdir, moved.to_dict(), overwrite=False)
+    workdir_lib.check_workdir(workdir, moved.to_dict(), overwrite=False)
     with pytest.raises(CheckpointError, match=r"model.num_heads: 2 -> 4"):
-        train.check_workdir(workdir, tiny_config(corpus=corpus, **{"model.num_heads": 4}).to_dict(), False)
+        workdir_lib.check_workdir(workdir, tiny_config(corpus=corpus, **{"model.num_heads": 4}).to_dict(), False)
 
 
 def test_a_run_saved_before_a_config_field_existed_resumes_when_the_field_holds_its_default(tmp_path):
@@ -386,9 +389,9 @@ def test_a_run_saved_before_a_config_field_existed_resumes_when_the_field_holds_
     saved = tiny_config(corpus=corpus).to_dict()
     del saved["model"]["pad_vocab_to"]  # as code from before that field wrote it
     (workdir / "config.json").write_text(json.dumps(saved))
-    train.check_workdir(workdir, tiny_config(corpus=corpus).to_dict(), overwrite=False)
+    workdir_lib.check_workdir(workdir, tiny_config(corpus=corpus).to_dict(), overwrite=False)
     with pytest.raises(CheckpointError, match=r"model.pad_vocab_to: None -> 64"):
-        train.check_workdir(workdir, tiny_config(corpus=corpus, **{"model.pad_vocab_to": 64}).to_dict(), False)
+        workdir_lib.check_workdir(workdir, tiny_config(corpus=corpus, **{"model.pad_vocab_to": 64}).to_dict(), False)
 
 
 def test_cli_reports_errors_in_one_line(tmp_path):
@@ -407,11 +410,11 @@ def test_cli_reports_errors_in_one_line(tmp_path):
 def test_remat_on_the_cpu_warns_that_it_saves_no_memory_there(tmp_path, caplog):
     """XLA:CPU keeps the same peak memory with rematerialised blocks (jax-ml/jax#19822): say so, once, at set-up."""
     config = tiny_config(corpus=write_corpus(tmp_path), **{"model.remat": True})
-    with caplog.at_level(logging.WARNING, logger="gpt2_jax.train"):
-        train.Experiment(config)
+    with caplog.at_level(logging.WARNING, logger="gpt2_jax.experiment"):
+        Experiment(config)
     assert caplog.text.count("remat=True on the CPU only costs time") == 1
     caplog.clear()
     config.model.remat = False
-    with caplog.at_level(logging.WARNING, logger="gpt2_jax.train"):
-        train.Experiment(config)
+    with caplog.at_level(logging.WARNING, logger="gpt2_jax.experiment"):
+        Experiment(config)
     assert "remat" not in caplog.text

@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from gpt2_jax import checkpointing, evaluate, runs, sharding, train
 from gpt2_jax.errors import ConfigError
+from gpt2_jax.experiment import Experiment
 from gpt2_jax.generation import complete
 from tests.helpers import REPO, collective_bytes, loop_collectives, tiny_config, write_corpus
 
@@ -28,7 +29,7 @@ def mesh_config(data, fsdp, tensor):
 
 def one_step(config):
     config.model.num_layers = 1  # the sharding rules are per layer; one keeps compilation short
-    exp = train.Experiment(config)
+    exp = Experiment(config)
     state = exp.init_state()
     batch = next(exp.data.train_iterator())
     state, metrics = exp.train_step(state, exp.place(batch))
@@ -69,7 +70,7 @@ def test_fsdp_step_moves_weights_not_activations(tmp_path, arch):
     config = tiny_config(arch, write_corpus(tmp_path), **mesh_config(1, 8, 1))
     config.model.num_layers, config.model.emb_dim = 1, 128
     config.data.seq_len, config.batch_size = 32, 64  # an activation (1 MB) outweighs the weights (0.8 MB)
-    exp = train.Experiment(config)
+    exp = Experiment(config)
     batch = exp.place(next(exp.data.train_iterator()))
     moved = collective_bytes(exp.train_step.lower(exp.init_state(), batch).compile().as_text())
     param_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(exp.abstract_state.params))
@@ -90,7 +91,7 @@ def test_tensor_parallel_attention_projections_move_no_weights(tmp_path, arch):
     """
     config = tiny_config(arch, write_corpus(tmp_path), **mesh_config(1, 1, 2))
     config.model.num_layers, config.model.pad_vocab_to = 1, 2
-    exp = train.Experiment(config)
+    exp = Experiment(config)
     assert exp.state_shardings.params["h_0"]["attn"]["c_attn"]["kernel"].spec == P("fsdp", None, "tensor")
     hlo = exp.train_step.lower(exp.init_state(), exp.place(next(exp.data.train_iterator()))).compile().as_text()
     moved_weights = [
@@ -103,7 +104,7 @@ def test_tensor_parallel_attention_projections_move_no_weights(tmp_path, arch):
 
 
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2)])
-def test_chunked_loss_moves_no_weight_gradient_inside_its_loop(tmp_path, mesh):
+def test_fused_loss_moves_no_weight_gradient_inside_its_loop(tmp_path, mesh):
     """The fused loss's embedding gradient is summed over the row shards after its loop, not after every chunk.
 
     Accumulated in one ``[V, D]`` carry it was all-reduced after every chunk
@@ -112,10 +113,11 @@ def test_chunked_loss_moves_no_weight_gradient_inside_its_loop(tmp_path, mesh):
     exchanges only per-token values (Megatron's vocabulary-parallel
     cross-entropy: maxima, sums, partial input gradients).
     """
-    config = tiny_config("decoder_only", write_corpus(tmp_path), **mesh_config(*mesh), **{"model.loss_chunk_len": 4})
+    overrides = {"model.loss_chunk_len": 4, "model.loss_impl": "fused"}
+    config = tiny_config("decoder_only", write_corpus(tmp_path), **mesh_config(*mesh), **overrides)
     config.model.num_layers, config.data.tokenizer = 1, "byte"
     config.model.pad_vocab_to = 2  # 261 tokens, 262 rows: tensor=2 splits the vocabulary
-    exp = train.Experiment(config)
+    exp = Experiment(config)
     batch = exp.place(next(exp.data.train_iterator()))
     hlo = exp.train_step.lower(exp.init_state(), batch).compile().as_text()
     assert "Transformer.loss)/while/body" in hlo, "the loss runs as a loop over its 4 chunks"
@@ -131,13 +133,13 @@ def test_chunked_loss_moves_no_weight_gradient_inside_its_loop(tmp_path, mesh):
 def test_a_vocabulary_that_tensor_cannot_split_gets_a_warning_naming_the_fix(tmp_path, caplog):
     corpus = write_corpus(tmp_path)
     config = tiny_config("decoder_only", corpus, **mesh_config(1, 1, 2), **{"data.tokenizer": "byte"})  # 261 tokens
-    with caplog.at_level(logging.WARNING, logger="gpt2_jax.train"):
-        train.Experiment(config)
+    with caplog.at_level(logging.WARNING, logger="gpt2_jax.experiment"):
+        Experiment(config)
     assert "set config.model.pad_vocab_to=2" in caplog.text
     caplog.clear()
     config.model.pad_vocab_to = 2
-    with caplog.at_level(logging.WARNING, logger="gpt2_jax.train"):
-        train.Experiment(config)
+    with caplog.at_level(logging.WARNING, logger="gpt2_jax.experiment"):
+        Experiment(config)
     assert "pad_vocab_to" not in caplog.text
 
 
@@ -190,7 +192,7 @@ def test_checkpoint_saved_on_eight_devices_restores_on_two_and_one(tmp_path):
     want = jax.device_get(state8.params)
     for mesh in ({"data": 2, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": 1, "tensor": 1}):
         overrides = {"model.num_layers": 1, **{f"mesh.{k}": v for k, v in mesh.items()}}
-        exp = train.Experiment(tiny_config("encoder_decoder", corpus, **overrides))
+        exp = Experiment(tiny_config("encoder_decoder", corpus, **overrides))
         abstract = checkpointing.abstract_with_shardings(exp.abstract_state, exp.state_shardings)
         reader = checkpointing.Checkpointer(tmp_path / "ckpt")
         restored, _, step = reader.restore(abstract, exp.signature)

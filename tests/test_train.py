@@ -9,6 +9,7 @@ from flax import traverse_util
 
 from gpt2_jax import batch as batch_lib
 from gpt2_jax import optim, train, validation
+from gpt2_jax.experiment import Experiment
 from gpt2_jax.metrics_writer import read_metrics
 from tests.helpers import tiny_config, write_corpus
 
@@ -26,7 +27,7 @@ def test_overfits_one_batch(corpus, arch):
     config.optimizer.learning_rate = 3e-3
     config.optimizer.min_learning_rate = 3e-3
     config.optimizer.weight_decay = 0.0
-    exp = train.Experiment(config)
+    exp = Experiment(config)
     state = exp.init_state()
     batch = exp.place(next(exp.data.train_iterator()))
     first = None
@@ -42,7 +43,7 @@ def test_gradient_accumulation_equals_full_batch(corpus):
     results = {}
     for accum in (1, 4):
         config = tiny_config("prefix_lm", corpus, **{"optimizer.grad_accum_steps": accum, "data.random_cut": True})
-        exp = train.Experiment(config)
+        exp = Experiment(config)
         state = exp.init_state()
         batches = exp.data.train_iterator()
         for _ in range(3):
@@ -60,7 +61,7 @@ def test_xla_options_reach_the_compiled_steps_and_change_nothing_computed(tmp_pa
     dump = tmp_path / "xla_dump"
     results = {}
     for options in ("", f"xla_dump_to={dump},xla_cpu_enable_fast_math=false"):
-        exp = train.Experiment(tiny_config("decoder_only", corpus, xla_options=options))
+        exp = Experiment(tiny_config("decoder_only", corpus, xla_options=options))
         state = exp.init_state()
         batch = exp.place(next(exp.data.train_iterator()))
         state, metrics = exp.train_step(state, batch)
@@ -114,7 +115,7 @@ def test_train_and_evaluate_writes_the_run(tmp_path, corpus, arch):
     assert results["tokens_seen"] >= 20 * 8 * 8
     assert results["loss_tokens_seen"] <= results["tokens_seen"]
     # Model FLOP/s per device in every train event; MFU only where a datasheet peak exists (not on CPUs).
-    exp = train.Experiment(config)
+    exp = Experiment(config)
     batch = next(exp.data.train_iterator())
     positions = sum(batch[k].size for k in ("input_tokens", "encoder_input_tokens") if k in batch)
     for e in (e for e in events if e["split"] == "train"):

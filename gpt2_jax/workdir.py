@@ -1,0 +1,118 @@
+"""A run's workdir: what may change on resume, and the refusal of a workdir that holds another run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from gpt2_jax.errors import CheckpointError
+from gpt2_jax.model import TransformerConfig
+
+log = logging.getLogger(__name__)
+
+# Fields that may change between a run and its resumption: how long it runs,
+# how often it reports, and where and how it computes (the same function on
+# another mesh or machine, with recomputation, fused attention, another loss
+# chunk length, gradient accumulation or compiler options: tested equal), not
+# what it computes.
+RESUMABLE_CHANGES = (
+    "num_train_steps",
+    "eval_every_steps",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "max_checkpoints_to_keep",
+    "data.data_dir",
+    "data.cache_dir",
+    "mesh.data",
+    "mesh.fsdp",
+    "mesh.tensor",
+    "distributed",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+    "model.remat",
+    "model.remat_policy",
+    "model.loss_chunk_len",
+    "model.attention_impl",
+    "model.loss_impl",
+    "model.gelu_impl",
+    "optimizer.grad_accum_steps",
+    "xla_options",
+)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# Model fields whose 0 means "derive from the data"; a resolved value in config.json is not a difference.
+AUTO_FIELDS = ("model.vocab_size", "model.max_len", "model.mlp_dim", "model.num_encoder_layers", "model.vector_dim")
+
+
+def config_differences(saved: dict, config_dict: dict, ignore: Collection[str] = ()) -> list[str]:
+    """``"field: saved -> new"`` for each field of ``config_dict`` (dotted names) that differs from ``saved``.
+
+    A field that ``saved`` lacks was added to the code after ``saved`` was
+    written, and counts as unchanged where ``config_dict`` holds its default: a
+    new field's default keeps the behaviour from before it existed (see
+    ``configs/default.py``), so runs and sweeps saved by older code resume.
+    """
+    from configs import default  # the one config schema
+
+    defaults = _flatten(json.loads(json.dumps(default.get_config().to_dict())))
+    old, new = _flatten(saved), _flatten(json.loads(json.dumps(config_dict)))
+    return [
+        f"{k}: {old.get(k)!r} -> {new[k]!r}"
+        for k in sorted(new)
+        if k not in ignore and old.get(k) != new[k] and not (k not in old and k in defaults and new[k] == defaults[k])
+    ]
+
+
+def check_workdir(workdir: Path, config_dict: dict, overwrite: bool) -> None:
+    """Refuse a workdir that holds a run of another config (unless ``overwrite``, which clears it).
+
+    ``config_dict`` is the config as given (automatic fields still 0); what the
+    data resolves them to is checked against the checkpoint instead.
+    """
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        saved = {}
+    given = _flatten(config_dict)
+    automatic = [k for k in AUTO_FIELDS if given.get(k) == 0]
+    diffs = config_differences(saved, config_dict, (*RESUMABLE_CHANGES, *automatic))
+    if not diffs:
+        return
+    if not overwrite:
+        raise CheckpointError(
+            f"{workdir} holds a run of a different config ({'; '.join(diffs[:5])}); "
+            "use another --workdir, or pass --overwrite to delete that run and start over"
+        )
+    log.warning("overwriting the run in %s (%s)", workdir, "; ".join(diffs[:5]))
+    for name in ("checkpoints", "tensorboard"):
+        shutil.rmtree(workdir / name, ignore_errors=True)
+    for name in ("metrics.jsonl", "results.json", "config.json", "tokenizer.json"):
+        (workdir / name).unlink(missing_ok=True)
+
+
+def resolved_config(config: ml_collections.ConfigDict, mc: TransformerConfig) -> dict:
+    out = config.to_dict()
+    out["model"].update(dataclasses.asdict(mc))
+    return out
