@@ -128,7 +128,7 @@ class Runner:
         return statistics.median(self.times)
 
     def spread(self) -> float:
-        """(slowest - fastest round) / median step time: how far this machine's noise moved the rounds."""
+        """(slowest - fastest round) / median step time: how far the host's noise moved the rounds."""
         return (max(self.times) - min(self.times)) / self.median()
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,10 @@ from typing import Any
 from absl import app
 
 from experiments import sweeps
+from gpt2_jax import files
+from gpt2_jax.data import paths
+from gpt2_jax.errors import UserError
+from gpt2_jax.metrics_writer import read_metrics
 
 
 def _get(record: dict, path: str) -> float | None:
@@ -46,9 +52,7 @@ def collect(workdir: Path) -> list[dict]:
         resolved = run_dir / "train" / "config.json"
         if resolved.exists():
             vocab = json.loads(resolved.read_text())["model"]["vocab_size"]
-        metrics_file = run_dir / "train" / "metrics.jsonl"
-        if metrics_file.exists():
-            history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+        history = read_metrics(run_dir / "train")
         records.append(
             {
                 "name": spec["name"],
@@ -163,14 +167,23 @@ def matching_table(sweep: sweeps.Sweep) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> list[str]:
+def pyplot():
+    """``matplotlib.pyplot`` without a display, its font cache in the project's cache directory (not ``$HOME``)."""
+    os.environ.setdefault("MPLCONFIGDIR", str(paths.cache_dir() / "matplotlib"))
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> list[str]:
     import numpy as np
 
-    files = []
+    plt = pyplot()
+
+    pictures = []
     fig, ax = plt.subplots(figsize=(8, 5))
     for row in rows:
         curves = [c for c in row["curves"] if c]
@@ -191,7 +204,7 @@ def plot(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(workdir / "learning_curves.png", dpi=120)
     plt.close(fig)
-    files.append("learning_curves.png")
+    pictures.append("learning_curves.png")
 
     metric = sweep.main_metric
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 5))
@@ -207,8 +220,8 @@ def plot(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(workdir / "main_metric.png", dpi=120)
     plt.close(fig)
-    files.append("main_metric.png")
-    return files
+    pictures.append("main_metric.png")
+    return pictures
 
 
 def write(workdir: Path, sweep: sweeps.Sweep) -> str:
@@ -227,7 +240,7 @@ def write(workdir: Path, sweep: sweeps.Sweep) -> str:
     ]
     if failed:
         parts.append("## Failed runs\n" + "\n".join(f"- `{r['name']}`: {r['status'].get('error')}" for r in failed))
-    (workdir / "report.md").write_text("\n\n".join(parts) + "\n")
+    files.write_text(workdir / "report.md", "\n\n".join(parts) + "\n")
     return md
 
 
@@ -235,11 +248,17 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise app.UsageError("usage: python -m experiments.report SWEEP_DIR")
     workdir = Path(argv[1])
-    record = json.loads((workdir / "sweep.json").read_text())
-    sweep = sweeps.load(record["sweep"])
-    if "seeds" in record:  # the seeds the sweep ran with (`experiments.sweep --seeds`)
-        sweep = dataclasses.replace(sweep, seeds=record["seeds"])
-    print(write(workdir, sweep))
+    try:
+        if not (workdir / "sweep.json").exists():
+            raise UserError(f"{workdir} holds no sweep (no sweep.json); pass the --workdir of experiments.sweep")
+        record = files.read_json(workdir / "sweep.json", "the sweep's definition")
+        sweep = sweeps.load(record["sweep"])
+        if "seeds" in record:  # the seeds the sweep ran with (`experiments.sweep --seeds`)
+            sweep = dataclasses.replace(sweep, seeds=record["seeds"])
+        print(write(workdir, sweep))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

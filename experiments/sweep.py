@@ -7,6 +7,12 @@ resumes where it stopped; an unfinished run resumes from its own
 checkpoints), records a failed run's error without stopping the others, and
 writes the report at the end.  ``--dry_run`` lists the runs with their
 parameter and FLOP counts.
+
+One sweep process at a time owns a sweep directory, and one worker a run
+directory (each holds a lock naming its pid).  A directory that holds another
+sweep (another name, other cells, or a cell with another config) is refused
+before anything is written.  SIGTERM or SIGINT stops the workers (each saves a
+checkpoint) and the sweep exits; the same command continues it.
 """
 
 from __future__ import annotations
@@ -14,14 +20,18 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from absl import app, flags
 
 from experiments import report, sweeps
+from gpt2_jax import files
+from gpt2_jax.errors import UserError
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep config file[:variant].", required=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory.", required=True)
@@ -40,19 +50,48 @@ def status(run_dir: Path) -> dict:
         return {"state": "new"}
 
 
+class Workers:
+    """The worker subprocesses of a local sweep; a signal stops them all and starts no more."""
+
+    def __init__(self):
+        self.stopping = False
+        self._running: set[subprocess.Popen] = set()
+        self._guard = threading.Lock()
+
+    def run(self, run_dir: Path) -> dict:
+        """The worker in a subprocess; its output goes to ``run_dir/log.txt``."""
+        with self._guard:
+            if self.stopping:
+                return status(run_dir)
+            log = (run_dir / "log.txt").open("a")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "experiments.worker", f"--run_dir={run_dir}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            self._running.add(proc)
+        try:
+            proc.wait()
+        finally:
+            log.close()
+            with self._guard:
+                self._running.discard(proc)
+        return status(run_dir)
+
+    def stop(self, signum: int, frame) -> None:
+        """Signal handler: pass SIGTERM on to every worker (each saves a checkpoint and exits)."""
+        with self._guard:
+            self.stopping = True
+            for proc in self._running:
+                proc.terminate()
+
+
 def run_local(run_dir: Path) -> dict:
-    """The worker in a subprocess; its output goes to ``run_dir/log.txt``."""
-    with (run_dir / "log.txt").open("a") as log:
-        subprocess.run(
-            [sys.executable, "-m", "experiments.worker", f"--run_dir={run_dir}"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-    return status(run_dir)
+    """One worker, in a subprocess (the Ray launcher's task)."""
+    return Workers().run(run_dir)
 
 
-def execute(todo: list[Path], parallel: int, launcher: str, ray_address: str | None) -> None:
+def execute(todo: list[Path], parallel: int, launcher: str, ray_address: str | None, workers: Workers) -> None:
     if launcher == "ray":
         import ray
 
@@ -65,7 +104,7 @@ def execute(todo: list[Path], parallel: int, launcher: str, ray_address: str | N
             print(f"{run_dir.name}: {ray.get(done[0])['state']}", flush=True)
         return
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = {pool.submit(run_local, run_dir): run_dir for run_dir in todo}
+        futures = {pool.submit(workers.run, run_dir): run_dir for run_dir in todo}
         for future in concurrent.futures.as_completed(futures):
             print(f"{futures[future].name}: {future.result()['state']}", flush=True)
 
@@ -85,10 +124,26 @@ def main(argv: list[str]) -> None:
         dry_run(sweep)
         return
     workdir = Path(_WORKDIR.value)
-    workdir.mkdir(parents=True, exist_ok=True)
-    record = {"sweep": _SWEEP.value, "name": sweep.name, "seeds": sweep.seeds}
-    (workdir / "sweep.json").write_text(json.dumps(record, indent=2))
+    try:
+        files.ensure_writable_dir(workdir, "sweep directory")
+        with files.DirectoryLock(workdir, "sweep directory"):
+            run_sweep(sweep, workdir)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_sweep(sweep: sweeps.Sweep, workdir: Path) -> None:
+    """Check the directory, write the runs' configs, run what is left, report."""
+    record = sweeps.definition(sweep, _SWEEP.value)
+    if (workdir / "sweep.json").exists():
+        diffs = sweeps.definition_differences(files.read_json(workdir / "sweep.json", "the sweep's definition"), record)
+        if diffs:
+            raise UserError(
+                f"{workdir} holds another sweep ({'; '.join(diffs[:4])}); use another --workdir for this one"
+            )
     runs = sweeps.prepare(sweep, workdir)
+    files.write_json(workdir / "sweep.json", record)
     todo = []
     for _, run_dir in runs:
         state = status(run_dir)["state"]
@@ -97,7 +152,16 @@ def main(argv: list[str]) -> None:
         todo.append(run_dir)
     print(f"{sweep.name}: {len(runs) - len(todo)} of {len(runs)} runs already finished; running {len(todo)}")
     start = time.time()
-    execute(todo, _PARALLEL.value, _LAUNCHER.value, _RAY_ADDRESS.value)
+    workers = Workers()
+    previous = {sig: signal.signal(sig, workers.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        execute(todo, _PARALLEL.value, _LAUNCHER.value, _RAY_ADDRESS.value, workers)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if workers.stopping:
+        print("stopped by a signal; the workers saved their runs. Re-run the same command to continue")
+        sys.exit(1)
     print(f"sweep took {time.time() - start:.0f} s")
     print(report.write(workdir, sweep))
 

@@ -12,15 +12,15 @@ import copy
 import dataclasses
 import importlib.util
 import itertools
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from gpt2_jax import flops
+from gpt2_jax import files, flops
 from gpt2_jax import workdir as workdir_lib
+from gpt2_jax.errors import ConfigError
 from gpt2_jax.model import TransformerConfig
 
 
@@ -153,12 +153,37 @@ def describe_lengths(config: ml_collections.ConfigDict) -> tuple[int, int]:
     return round(mean + ops + 1), round(mean + 1)
 
 
+def definition(sweep: Sweep, spec: str) -> dict[str, Any]:
+    """What ``sweep.json`` records: the sweep, its seeds, and every cell's whole config (seed aside)."""
+    cells = {
+        run_name(labels, 0).removesuffix("__s0"): apply(sweep.base, overrides).to_dict()
+        for labels, overrides in sweep.cells()
+    }
+    for config in cells.values():
+        config.pop("seed")
+    return {"sweep": spec, "name": sweep.name, "seeds": sweep.seeds, "decode": list(sweep.decode), "cells": cells}
+
+
+def definition_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """How a sweep directory's recorded definition differs from ``new`` (seeds may differ: they add runs)."""
+    if "cells" not in saved:  # recorded before whole definitions were: its run.json files are compared instead
+        return []
+    diffs = []
+    if saved.get("name") != new["name"]:
+        diffs.append(f"sweep {saved.get('name')!r} -> {new['name']!r}")
+    missing, added = sorted(set(saved["cells"]) - set(new["cells"])), sorted(set(new["cells"]) - set(saved["cells"]))
+    if missing or added:
+        diffs.append(f"cells only in the directory: {missing[:3]}; only in this sweep: {added[:3]}")
+    for cell in sorted(set(saved["cells"]) & set(new["cells"])):
+        diffs += [f"{cell}: {d}" for d in workdir_lib.config_differences(saved["cells"][cell], new["cells"][cell])]
+    return diffs
+
+
 def prepare(sweep: Sweep, workdir: Path) -> list[tuple[RunSpec, Path]]:
-    """Write every run's ``run.json``; an existing one must hold the same config (fields added since aside)."""
-    out = []
+    """Write every run's ``run.json`` once all are checked: an existing one must hold the same config."""
+    planned = []
     for spec in sweep.runs():
         run_dir = workdir / "runs" / spec.name
-        run_dir.mkdir(parents=True, exist_ok=True)
         content = {
             "name": spec.name,
             "labels": spec.labels,
@@ -167,16 +192,16 @@ def prepare(sweep: Sweep, workdir: Path) -> list[tuple[RunSpec, Path]]:
             "decode": spec.decode,
         }
         path = run_dir / "run.json"
-        diffs = (
-            workdir_lib.config_differences(json.loads(path.read_text())["config"], content["config"])
-            if path.exists()
-            else []
-        )
-        if diffs:
-            raise ValueError(
-                f"{run_dir} holds a run of a different config ({'; '.join(diffs[:5])}); "
-                "use another --workdir for a changed sweep"
-            )
-        path.write_text(json.dumps(content, indent=2))
-        out.append((spec, run_dir))
-    return out
+        if path.exists():
+            saved = files.read_json(path, "a sweep run's config")
+            diffs = workdir_lib.config_differences(saved["config"], content["config"])
+            if diffs:
+                raise ConfigError(
+                    f"{run_dir} holds a run of a different config ({'; '.join(diffs[:5])}); "
+                    "use another --workdir for a changed sweep"
+                )
+        planned.append((spec, run_dir, content))
+    for _, run_dir, content in planned:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        files.write_json(run_dir / "run.json", content)
+    return [(spec, run_dir) for spec, run_dir, _ in planned]

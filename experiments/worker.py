@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -18,14 +19,15 @@ from pathlib import Path
 import ml_collections
 from absl import app, flags
 
+from gpt2_jax import files
+from gpt2_jax.errors import UserError
+
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Run directory holding run.json.", required=True)
 
 
 def write_status(run_dir: Path, status: dict) -> None:
     """Atomically replace ``status.json`` (a crash never leaves half a file)."""
-    tmp = run_dir / "status.json.tmp"
-    tmp.write_text(json.dumps(status, indent=2))
-    tmp.replace(run_dir / "status.json")
+    files.write_json(run_dir / "status.json", status)
 
 
 def run(run_dir: Path) -> dict:
@@ -37,7 +39,7 @@ def run(run_dir: Path) -> dict:
     experiment.enable_compilation_cache(config)
     results = train.train_and_evaluate(config, run_dir / "train")
     if results.get("preempted"):
-        raise RuntimeError(f"stopped by a signal after step {results['step']}")
+        return results
     decoded = {}
     if spec.get("decode"):
         loaded = runs.load(run_dir / "train")
@@ -50,18 +52,29 @@ def main(argv: list[str]) -> None:
     del argv
     logging.getLogger("gpt2_jax").setLevel(logging.INFO)
     run_dir = Path(_RUN_DIR.value)
-    start = time.time()
-    write_status(run_dir, {"state": "running", "started": start})
     try:
-        outcome = run(run_dir)
-    except Exception as e:  # a failed run is recorded; the sweep goes on
-        write_status(
-            run_dir,
-            {"state": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]},
-        )
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(1)
-    write_status(run_dir, {"state": "done", "seconds": time.time() - start, **outcome})
+        lock = files.DirectoryLock(run_dir, "sweep run directory").acquire()
+    except UserError as e:  # another worker runs this run: leave its status alone
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    with lock:
+        start = time.time()
+        write_status(run_dir, {"state": "running", "started": start, "pid": os.getpid()})
+        try:
+            outcome = run(run_dir)
+        except Exception as e:  # a failed run is recorded; the sweep goes on
+            error = {
+                "state": "failed",
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc()[-4000:],
+            }
+            write_status(run_dir, error)
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+            sys.exit(1)
+        if outcome.get("preempted"):
+            write_status(run_dir, {"state": "stopped", "step": outcome["step"]})
+            return
+        write_status(run_dir, {"state": "done", "seconds": time.time() - start, **outcome})
 
 
 if __name__ == "__main__":

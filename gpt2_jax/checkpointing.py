@@ -7,13 +7,18 @@ architecture and parameter shapes).  The signature is compared before any
 array is read, so a checkpoint of another architecture or shape is refused with
 a message that says what differs.  Orbax writes each step into a temporary
 directory and renames it when complete, so a crash during a save never leaves
-a half-written step behind; a step that still fails to read is reported and the
-previous one is used.
+a half-written step behind.  A step whose files still fail to read (truncated,
+deleted, overwritten) is reported and the previous one is used; training moves
+it aside (to ``unreadable_checkpoints/`` beside the checkpoints) so that the step
+is saved again and never counts against ``max_to_keep``.  Any other error
+(out of memory, a sharding that does not fit) surfaces as it is.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +67,26 @@ def signature_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return diffs
 
 
-class Checkpointer:
-    """Save and restore ``(state, meta)`` pairs under ``directory``."""
+# What reading a damaged step raises (Orbax and TensorStore report missing or cut files as OSError or ValueError).
+UNREADABLE = (OSError, ValueError, KeyError)
 
-    def __init__(self, directory: str | Path, max_to_keep: int = 2, async_save: bool = True):
+
+class Checkpointer:
+    """Save and restore ``(state, meta)`` pairs under ``directory``.
+
+    ``set_aside_unreadable`` (training): a step that cannot be read is moved out
+    of ``directory``; readers (decoding, evaluation) leave the directory as it is.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        max_to_keep: int = 2,
+        async_save: bool = True,
+        set_aside_unreadable: bool = False,
+    ):
         self.directory = Path(directory).absolute()
+        self.set_aside_unreadable = set_aside_unreadable
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=True,
@@ -118,11 +138,8 @@ class Checkpointer:
         for step in reversed(steps):
             try:
                 meta = self.read_meta(step)
-            except Exception as e:
-                failures.append(f"step {step}: {type(e).__name__}: {e}")
-                log.warning(
-                    "checkpoint step %d in %s is unreadable (%s); trying an earlier one", step, self.directory, e
-                )
+            except UNREADABLE as e:
+                failures.append(self._unreadable(step, e))
                 continue
             diffs = signature_diff(meta.get("signature", {}), expected_signature)
             if diffs:
@@ -133,19 +150,39 @@ class Checkpointer:
                 )
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(state=args))
-            except Exception as e:
-                failures.append(f"step {step}: {type(e).__name__}: {e}")
-                log.warning(
-                    "checkpoint step %d in %s is unreadable (%s); trying an earlier one", step, self.directory, e
-                )
+            except UNREADABLE as e:
+                failures.append(self._unreadable(step, e))
                 continue
             return (restored.state["params"] if params_only else restored.state), meta, step
-        if failures:
+        if failures and not self.set_aside_unreadable:
             raise CheckpointError(
                 f"no checkpoint in {self.directory} could be read ({'; '.join(failures)[:500]}); "
                 "delete the directory to start over"
             )
+        if failures:
+            log.warning("no readable checkpoint is left in %s: training starts again from step 0", self.directory)
         return None
+
+    def _unreadable(self, step: int, error: Exception) -> str:
+        """Report an unreadable step (and, when training, move it aside); returns the failure's description."""
+        failure = f"step {step}: {type(error).__name__}: {str(error)[:300]}"
+        if not self.set_aside_unreadable:
+            log.warning(
+                "checkpoint step %d in %s is unreadable (%s); trying an earlier one", step, self.directory, error
+            )
+            return failure
+        aside = self.directory.parent / "unreadable_checkpoints" / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}"
+        aside.parent.mkdir(exist_ok=True)
+        shutil.move(str(self.directory / str(step)), str(aside))
+        self._manager.reload()
+        log.warning(
+            "checkpoint step %d in %s is unreadable (%s); moved it to %s and trying an earlier one",
+            step,
+            self.directory,
+            error,
+            aside,
+        )
+        return failure
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

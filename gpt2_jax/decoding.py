@@ -294,15 +294,20 @@ def beam_search(
     return best_seq, best_len
 
 
-def pad_prompts(prompts: list[np.ndarray], pad_id: int, multiple: int = 1) -> dict[str, np.ndarray]:
+def pad_prompts(
+    prompts: list[np.ndarray], pad_id: int, multiple: int = 1, max_width: int | None = None
+) -> dict[str, np.ndarray]:
     """Right-pad token prompts into ``prompt_tokens [B, P]`` and ``prompt_lengths [B]``.
 
-    ``P`` is rounded up to a ``multiple`` so that batches of similar prompts
-    share one compiled decoder.
+    ``P`` is rounded up to a ``multiple`` (at most ``max_width``) so that
+    batches of similar prompts share one compiled decoder.
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    width = -(-max(len(p) for p in prompts) // multiple) * multiple
+    longest = max(len(p) for p in prompts)
+    width = -(-longest // multiple) * multiple
+    if max_width is not None:
+        width = max(longest, min(width, max_width))
     tokens = np.full((len(prompts), width), pad_id, np.int32)
     for i, p in enumerate(prompts):
         tokens[i, : len(p)] = p

@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 from absl import app, flags
 
-from gpt2_jax import run_flags, runs, scores
+from gpt2_jax import files, run_flags, runs, scores
 from gpt2_jax.data import PAIRED_DATASETS, paired_splits, paths
 from gpt2_jax.errors import UserError
 from gpt2_jax.experiment import Experiment
@@ -46,6 +46,7 @@ def decode_split(
     pairs = paired_splits(run.config, paths.cache_dir(run.config.data.cache_dir))
     if split not in pairs:
         raise UserError(f"split {split!r} not found; this run's data has {', '.join(pairs)}")
+    _output_dir(run, split)  # fail now, not after decoding everything
     examples = pairs[split][:limit] if limit else pairs[split]
     hypotheses = []
     for start in range(0, len(examples), batch_size):
@@ -72,6 +73,7 @@ def decode_split(
 def language_model_scores(run: runs.Run, split: str) -> dict:
     """Teacher-forced loss of a split, as perplexity and bits."""
 
+    _output_dir(run, split)  # fail now, not after evaluating
     exp = Experiment(run.config, mesh=run.mesh)
     if split not in exp.data.eval_splits:
         raise UserError(f"split {split!r} not found; this run's data has {', '.join(exp.data.eval_splits)}")
@@ -84,15 +86,22 @@ def language_model_scores(run: runs.Run, split: str) -> dict:
     return result
 
 
+def _output_dir(run: runs.Run, split: str) -> Path:
+    """``DIR/eval_<split>/``, created and checked writable (one line of error otherwise)."""
+    out = Path(run.workdir) / f"eval_{split}"
+    if jax.process_index() == 0:
+        files.ensure_writable_dir(out, "the evaluation's output directory")
+    return out
+
+
 def _write(run: runs.Run, split: str, result: dict, predictions: list[dict] | None = None) -> None:
     """``scores.json`` (and ``predictions.jsonl``) into ``DIR/eval_<split>/``, by process 0 only on several hosts."""
     if jax.process_index() > 0:
         return
-    out = Path(run.workdir) / f"eval_{split}"
-    out.mkdir(exist_ok=True)
+    out = _output_dir(run, split)
     if predictions is not None:
-        (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
-    (out / "scores.json").write_text(json.dumps(result, indent=2))
+        files.write_text(out / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
+    files.write_json(out / "scores.json", result)
 
 
 def main(argv: list[str]) -> None:

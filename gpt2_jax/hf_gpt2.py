@@ -151,9 +151,18 @@ def load(path_or_name: str, pad_vocab_to: int = 1) -> tuple[TransformerConfig, d
             raise CheckpointError(
                 f"{folder} has no {name}; a GPT-2 checkpoint folder needs config.json and model.safetensors"
             )
-    cfg = config_from_hf(json.loads((folder / "config.json").read_text()), pad_vocab_to)
+    try:
+        cfg = config_from_hf(json.loads((folder / "config.json").read_text()), pad_vocab_to)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder / 'config.json'} is not a GPT-2 config ({type(e).__name__}: {e})") from None
+    try:
+        tensors = load_file(str(folder / "model.safetensors"))
+    except Exception as e:  # safetensors reports a malformed file with its own error types
+        raise CheckpointError(
+            f"{folder / 'model.safetensors'} is not a safetensors file ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
     flat = {}
-    for name, tensor in load_file(str(folder / "model.safetensors")).items():
+    for name, tensor in tensors.items():
         path = _our_path(name)
         if path is not None:
             flat[path] = _to_ours(path, np.asarray(tensor, np.float32), cfg.emb_dim)

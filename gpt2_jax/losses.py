@@ -20,8 +20,13 @@ Metrics = dict[str, Array]
 
 
 def tied_logits(x_BxLxD: Array, embedding_VxD: Array) -> Array:
-    """Float32 logits ``[B, L, V]`` of the output layer, which shares the token table (GPT-2)."""
-    return jnp.einsum("bld,vd->blv", x_BxLxD, embedding_VxD, preferred_element_type=jnp.float32)
+    """Float32 logits ``[B, L, V]`` of the output layer, which shares the token table (GPT-2).
+
+    Over one token axis, as ``model._on_tokens``: the table's gradient is then one plain matmul.
+    """
+    B, L, D = x_BxLxD.shape
+    logits_TxV = jnp.einsum("td,vd->tv", x_BxLxD.reshape(B * L, D), embedding_VxD, preferred_element_type=jnp.float32)
+    return logits_TxV.reshape(B, L, -1)
 
 
 # What a padded vocabulary entry's logit becomes: exp() of it minus any real

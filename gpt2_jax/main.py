@@ -19,6 +19,9 @@ from gpt2_jax.errors import UserError
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Run config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.", required=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete a different run found in --workdir instead of refusing.")
+_ACCEPT_DATA_CHANGE = flags.DEFINE_bool(
+    "accept_data_change", False, "Resume although the run's data changed (its tokenizer must not have)."
+)
 
 
 def main(argv: list[str]) -> None:
@@ -36,9 +39,11 @@ def main(argv: list[str]) -> None:
         reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
         print(f"error: cannot load --config: {reason}", file=sys.stderr)
         sys.exit(2)
-    experiment.enable_compilation_cache(config)
     try:
-        results = train.train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
+        experiment.enable_compilation_cache(config)
+        results = train.train_and_evaluate(
+            config, _WORKDIR.value, overwrite=_OVERWRITE.value, accept_data_change=_ACCEPT_DATA_CHANGE.value
+        )
     except (UserError, train.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -61,6 +66,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         name, *hint = text.split("\n")
         overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
         print(f"error: the config has no field {name.strip(chr(39))} ({overrides}). {' '.join(hint)}", file=sys.stderr)
+    except SyntaxError as e:  # a config file that is not Python
+        print(f"error: cannot load --config: {e.filename} line {e.lineno}: SyntaxError: {e.msg}", file=sys.stderr)
     except (flags.Error, ValueError) as e:  # a malformed value, or a config's get_config() refusing its argument
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         # A config file that raised carries its traceback: keep the first and last lines.

@@ -6,10 +6,15 @@ Only the first process of a multi-host run writes.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import jax
+
+from gpt2_jax import files
+
+log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
@@ -29,15 +34,17 @@ class MetricsWriter:
         self._tb = SummaryWriter(str(workdir / "tensorboard"))
 
     def _truncate_after(self, step: int) -> None:
-        """Drop events logged after ``step``: a resumed run recomputes them."""
+        """Drop events logged after ``step`` (a resumed run recomputes them), replacing the file atomically."""
+        lines = self.path.read_text().splitlines()
         kept = []
-        for line in self.path.read_text().splitlines():
+        for number, line in enumerate(lines, 1):
             try:
                 if json.loads(line)["step"] <= step:
                     kept.append(line)
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut short by a crash
-        self.path.write_text("".join(k + "\n" for k in kept))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                log.warning("dropping line %d of %s, which is not a metrics record: %r", number, self.path, line[:80])
+        if len(kept) < len(lines):
+            files.write_text(self.path, "".join(k + "\n" for k in kept))
 
     def write(self, step: int, split: str, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -63,8 +70,16 @@ def _plain(value: Any) -> Any:
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
-    """All events of a run, in order."""
+    """All events of a run, in order; a line that is not a record (cut short by a kill) is skipped with a warning."""
     path = Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("skipping line %d of %s, which is not a metrics record: %r", number, path, line[:80])
+    return records

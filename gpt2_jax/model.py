@@ -127,16 +127,38 @@ def _dense(cfg: TransformerConfig, features: int, name: str, std: float = 0.02) 
     )
 
 
-def _fused_dense(cfg: TransformerConfig, parts: int, name: str) -> nn.DenseGeneral:
-    """GPT-2's fused ``c_attn``: kernel ``[D, parts, D]``, bias ``[parts, D]``; output ``[B, L, parts, D]``."""
-    return nn.DenseGeneral(
-        (parts, cfg.emb_dim),
-        use_bias=cfg.use_bias,
-        dtype=cfg.compute_dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.initializers.normal(stddev=0.02),
-        name=name,
-    )
+def _on_tokens(layer: nn.Module, x_BxLxD: Array) -> Array:
+    """``layer`` over one token axis, ``[B, L, D] -> [B, L, F]``.
+
+    A kernel gradient over ``[B, L, D]`` contracts two axes, which XLA:CPU runs
+    as a transposing copy plus a slower matmul; over ``[B*L, D]`` it is one plain matmul.
+    """
+    B, L, D = x_BxLxD.shape
+    return layer(x_BxLxD.reshape(B * L, D)).reshape(B, L, -1)
+
+
+class FusedProjection(nn.Module):
+    """GPT-2's fused ``c_attn``: kernel ``[D, parts, D]``, bias ``[parts, D]``; each part's projection ``[B, L, D]``.
+
+    One matmul per part against its own block of the kernel: slicing one
+    ``[..., parts, D]`` product would cost strided copies forward and backward.
+    """
+
+    cfg: TransformerConfig
+    parts: int
+
+    @nn.compact
+    def __call__(self, x_BxLxD: Array) -> list[Array]:
+        cfg, D = self.cfg, self.cfg.emb_dim
+        dt = cfg.compute_dtype
+        kernel = self.param("kernel", nn.initializers.normal(stddev=0.02), (D, self.parts, D), jnp.float32)
+        B, L, _ = x_BxLxD.shape
+        x_TxD = x_BxLxD.reshape(B * L, D).astype(dt)
+        outs = [x_TxD @ kernel[:, i].astype(dt) for i in range(self.parts)]
+        if cfg.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.parts, D), jnp.float32)
+            outs = [out + bias[i].astype(dt) for i, out in enumerate(outs)]
+        return [out.reshape(B, L, D) for out in outs]
 
 
 def _layer_norm(cfg: TransformerConfig, name: str) -> nn.LayerNorm:
@@ -186,13 +208,12 @@ class SelfAttention(nn.Module):
     ) -> tuple[Array, Cache | None]:
         cfg = self.cfg
         B, L, D = x_BxLxD.shape
-        qkv_BxLx3xD = _fused_dense(cfg, 3, "c_attn")(x_BxLxD)
-        q, k, v = (_split_heads(qkv_BxLx3xD[:, :, i], cfg.num_heads) for i in range(3))
+        q, k, v = (_split_heads(t, cfg.num_heads) for t in FusedProjection(cfg, 3, name="c_attn")(x_BxLxD))
         if cache is not None:
             cache = {"k": write_cache(cache["k"], k, cache_index_B), "v": write_cache(cache["v"], v, cache_index_B)}
             k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
         out_BxLxD = attend(q, k, v, mask, cfg.attention_impl).reshape(B, L, D)
-        return _dense(cfg, D, "c_proj", _residual_std(self.num_layers))(out_BxLxD), cache
+        return _on_tokens(_dense(cfg, D, "c_proj", _residual_std(self.num_layers)), out_BxLxD), cache
 
 
 class CrossAttention(nn.Module):
@@ -207,21 +228,19 @@ class CrossAttention(nn.Module):
     def setup(self) -> None:
         D = self.cfg.emb_dim
         self.q_attn = _dense(self.cfg, D, "q_attn")
-        self.c_attn = _fused_dense(self.cfg, 2, "c_attn")
+        self.c_attn = FusedProjection(self.cfg, 2)
         self.c_proj = _dense(self.cfg, D, "c_proj", _residual_std(self.num_layers))
 
     def kv(self, enc_BxSxD: Array) -> tuple[Array, Array]:
         """Keys and values ``[B, S, N, H]`` of an encoder output."""
-        kv_BxSx2xD = self.c_attn(enc_BxSxD)
-        return _split_heads(kv_BxSx2xD[:, :, 0], self.cfg.num_heads), _split_heads(
-            kv_BxSx2xD[:, :, 1], self.cfg.num_heads
-        )
+        k, v = self.c_attn(enc_BxSxD)
+        return _split_heads(k, self.cfg.num_heads), _split_heads(v, self.cfg.num_heads)
 
     def __call__(self, x_BxLxD: Array, kv: tuple[Array, Array], mask: Array) -> Array:
         B, L, D = x_BxLxD.shape
-        q_BxLxNxH = _split_heads(self.q_attn(x_BxLxD), self.cfg.num_heads)
+        q_BxLxNxH = _split_heads(_on_tokens(self.q_attn, x_BxLxD), self.cfg.num_heads)
         out_BxLxD = attend(q_BxLxNxH, kv[0], kv[1], mask, self.cfg.attention_impl).reshape(B, L, D)
-        return self.c_proj(out_BxLxD)
+        return _on_tokens(self.c_proj, out_BxLxD)
 
 
 class MLP(nn.Module):
@@ -233,12 +252,11 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD: Array) -> Array:
         cfg = self.cfg
-        h_BxLxF = constrain(_dense(cfg, cfg.mlp_dim, "c_fc")(x_BxLxD), "batch", None, "mlp")
-        if cfg.gelu_impl == "recompute":
-            h_BxLxF = fast_gelu.gelu(h_BxLxF)
-        else:
-            h_BxLxF = jax.nn.gelu(h_BxLxF, approximate=True)
-        return _dense(cfg, x_BxLxD.shape[-1], "c_proj", _residual_std(self.num_layers))(h_BxLxF)
+        B, L, D = x_BxLxD.shape
+        h_TxF = constrain(_dense(cfg, cfg.mlp_dim, "c_fc")(x_BxLxD.reshape(B * L, D)), "batch", "mlp")
+        h_TxF = fast_gelu.gelu(h_TxF) if cfg.gelu_impl == "recompute" else jax.nn.gelu(h_TxF, approximate=True)
+        y_TxD = _dense(cfg, D, "c_proj", _residual_std(self.num_layers))(h_TxF)  # one token axis: see _on_tokens
+        return y_TxD.reshape(B, L, D)
 
 
 class Block(nn.Module):

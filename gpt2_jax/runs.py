@@ -2,7 +2,7 @@
 
 A run decodes and evaluates on a ``(data, fsdp, tensor)`` mesh like the one
 it trained on (``sharding.make_mesh``): by default the run's own
-``config.mesh``, or another one that fits this machine, since checkpoints
+``config.mesh``, or another one that fits the local devices, since checkpoints
 restore onto any mesh.  The parameters are restored already sharded by the
 partition rules, and decoding splits its rows over ``data`` x ``fsdp`` and
 heads over ``tensor`` (:func:`gpt2_jax.generation.complete`).  On several hosts (after
@@ -13,7 +13,6 @@ spans them all and every host passes the same inputs.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import jax
 import ml_collections
 
 from gpt2_jax import batch as batch_lib
-from gpt2_jax import checkpointing, sharding
+from gpt2_jax import checkpointing, files, sharding
 from gpt2_jax.data import tokenizers
 from gpt2_jax.errors import CheckpointError, ConfigError
 from gpt2_jax.model import Transformer, TransformerConfig
@@ -60,7 +59,7 @@ def decode_mesh(config: ml_collections.ConfigDict, mesh_config: Mapping[str, int
             raise
         raise ConfigError(
             f"this run trained on config.mesh {dict(config.mesh)}, which does not fit here ({e}); load it onto a "
-            "mesh of this machine's devices: --mesh=data,fsdp,tensor (e.g. --mesh=-1,1,1), or runs.load(workdir, "
+            "mesh of the local devices: --mesh=data,fsdp,tensor (e.g. --mesh=-1,1,1), or runs.load(workdir, "
             "mesh_config={...})"
         ) from None
 
@@ -82,13 +81,15 @@ def load(workdir: str | Path, mesh_config: Mapping[str, int] | None = None) -> R
     """The run in ``workdir`` with the parameters (only) of its latest readable checkpoint, sharded on a mesh.
 
     The mesh is ``mesh_config`` or, by default, the run's own ``config.mesh``
-    (resolved against this machine's devices).
+    (resolved against the local devices).
     """
     workdir = Path(workdir)
     for name in ("config.json", "tokenizer.json"):
         if not (workdir / name).exists():
             raise CheckpointError(f"{workdir} holds no run ({name} is missing); pass the --workdir of a training run")
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    if not (workdir / "checkpoints").is_dir():
+        raise CheckpointError(f"{workdir} has no checkpoint yet; train it first")
+    config = ml_collections.ConfigDict(files.read_json(workdir / "config.json", "the run's config"))
     cfg = TransformerConfig.from_config(config.model.to_dict())
     mesh = decode_mesh(config, mesh_config)
     abstract = abstract_params(cfg)
@@ -101,5 +102,5 @@ def load(workdir: str | Path, mesh_config: Mapping[str, int] | None = None) -> R
     if restored is None:
         raise CheckpointError(f"{workdir} has no checkpoint yet; train it first")
     params, _, step = restored
-    tokenizer = tokenizers.load(workdir / "tokenizer.json")
+    tokenizer = tokenizers.from_json(files.read_json(workdir / "tokenizer.json", "the run's tokenizer"))
     return Run(workdir, config, Transformer(cfg), params, tokenizer, step, mesh)

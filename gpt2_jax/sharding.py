@@ -23,9 +23,8 @@ rows over ``data`` x ``fsdp``, heads / MLP units / vocabulary over ``tensor``,
 the model width unsharded.  Without these hints XLA's sharding propagation
 follows the parameters into the activations: with ``fsdp`` it split the width
 of ``[B, L, D]`` activations like the weights and gathered activations over
-the batch instead of gathering the weights (tests/test_sharding.py: with
-``fsdp=8`` a step moved 23 MB for 0.83 MB of parameters; now 1.7 MB; on 8
-CPU devices the copy-task model's ``fsdp=8`` step takes 87 instead of ~200 ms).
+the batch instead of gathering the weights (``tests/test_sharding.py`` bounds
+the bytes an ``fsdp`` step moves).
 """
 
 from __future__ import annotations
@@ -178,9 +177,8 @@ def constrain(x: jax.Array, *dims: str | None) -> jax.Array:
     dimension over those mesh axes; ``None`` keeps the dimension whole; a
     dimension the axes do not divide is left to XLA.  Only a step traced under
     :func:`traced_on` a mesh of several devices is constrained; everywhere else
-    (decoding, the bare model, a one-device mesh) this is the identity.  On one
-    device the constraints would only cost: they made a small model's step
-    15-20% slower on the CPU.
+    (decoding, the bare model, a one-device mesh) this is the identity: on one
+    device the constraints would only cost time.
     """
     mesh = _constraining_mesh()
     if mesh is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import signal
 import threading
@@ -27,9 +26,8 @@ import numpy as np
 import tqdm
 
 from gpt2_jax import batch as batch_lib
-from gpt2_jax import checkpointing, losses, optim, sharding, validation
+from gpt2_jax import checkpointing, files, losses, optim, sharding, validation
 from gpt2_jax import workdir as workdir_lib
-from gpt2_jax.data import tokenizers
 from gpt2_jax.experiment import Experiment
 from gpt2_jax.metrics_writer import MetricsWriter
 
@@ -73,34 +71,52 @@ class NonFiniteLossError(RuntimeError):
 
 
 class _Timer:
-    """Steady-state training time: starts after the first (compiling) step, pauses for eval and checkpoints."""
+    """Steady-state training time: starts after the first (compiling) step, paused for eval and checkpoints."""
 
     def __init__(self):
         self.seconds = 0.0
         self.tokens = 0
         self._since: float | None = None
+        self._tokens_from = 0
 
-    def start(self) -> None:
-        self._since = time.time()
+    def start(self, tokens_seen: int) -> None:
+        self._since, self._tokens_from = time.time(), tokens_seen
+
+    def running(self, tokens_seen: int) -> tuple[float, int]:
+        """(seconds, tokens) timed so far, the current stretch included."""
+        if self._since is None:
+            return self.seconds, self.tokens
+        return self.seconds + time.time() - self._since, self.tokens + tokens_seen - self._tokens_from
+
+    def stop(self, tokens_seen: int) -> None:
+        self.seconds, self.tokens = self.running(tokens_seen)
+        self._since = None
 
     @contextlib.contextmanager
-    def paused(self):
-        t0 = time.time()
+    def paused(self, tokens_seen: int):
+        running = self._since is not None
+        if running:
+            self.stop(tokens_seen)
         yield
-        if self._since is not None:
-            self._since += time.time() - t0
-
-    def stop(self, tokens: int) -> None:
-        if self._since is not None:
-            self.seconds += time.time() - self._since
-            self.tokens += tokens
-            self._since = None
+        if running:
+            self.start(tokens_seen)
 
 
 class Trainer:
-    """One run in one workdir: restore, train, evaluate, checkpoint, report."""
+    """One run in its workdir: lock it, check it, restore, train, evaluate, checkpoint, report.
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, overwrite: bool = False):
+    Every check (the config against ``config.json``, the checkpoint's
+    signature, the data and tokenizer against the run's fingerprints) runs
+    before anything in the workdir is written.
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: Path,
+        overwrite: bool = False,
+        accept_data_change: bool = False,
+    ):
         self.wall_start = time.time()
         self.config = config
         self.workdir = workdir
@@ -113,15 +129,25 @@ class Trainer:
             self.exp.mesh.size,
             len(jax.local_devices()),
         )
-        resolved = workdir_lib.resolved_config(config, self.exp.model_config)
+        self.lock = workdir_lib.lock(workdir)
+        try:
+            self._restore(overwrite, accept_data_change)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _restore(self, overwrite: bool, accept_data_change: bool) -> None:
+        config, workdir = self.config, self.workdir
         workdir_lib.check_workdir(workdir, config.to_dict(), overwrite)
-        workdir.mkdir(parents=True, exist_ok=True)  # only once everything above has been checked
-        if jax.process_index() == 0:
-            (workdir / "config.json").write_text(json.dumps(resolved, indent=2))
-            tokenizers.save(self.exp.data.tokenizer, workdir / "tokenizer.json")
-        self.ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config.max_checkpoints_to_keep)
+        self.ckpt = checkpointing.Checkpointer(
+            workdir / "checkpoints", config.max_checkpoints_to_keep, set_aside_unreadable=True
+        )
+        fingerprints = workdir_lib.data_fingerprints(self.exp.data)
+        if self.ckpt.steps():  # before the signature: a changed alphabet also changes the vocabulary's size
+            workdir_lib.check_data(workdir, fingerprints, accept_data_change)
         abstract = checkpointing.abstract_with_shardings(self.exp.abstract_state, self.exp.state_shardings)
         restored = self.ckpt.restore(abstract, self.exp.signature)
+        workdir_lib.write_run_files(workdir, config, self.exp.model_config, self.exp.data.tokenizer, fingerprints)
         self.counters = {
             "tokens_seen": 0,
             "loss_tokens_seen": 0,
@@ -140,17 +166,23 @@ class Trainer:
             data_state = meta["data"]
             log.info("resumed from step %d in %s", self.start, self.ckpt.directory)
         self.iterator = self.exp.data.train_iterator(data_state)
+        self.timer = _Timer()
         self.writer = MetricsWriter(workdir, resume_step=self.start if restored is not None else None)
 
     # -- pieces ---------------------------------------------------------------
 
+    def _counters(self) -> dict:
+        """The run's counters as of now: earlier invocations' plus this one's (so a re-run keeps them)."""
+        seconds, tokens = self.timer.running(self.counters["tokens_seen"])
+        return dict(
+            self.counters,
+            wall_time_s=self.counters["wall_time_s"] + (time.time() - self.wall_start),
+            train_time_s=self.counters["train_time_s"] + seconds,
+            timed_tokens=self.counters["timed_tokens"] + tokens,
+        )
+
     def _meta(self) -> dict:
-        elapsed = self.counters["wall_time_s"] + (time.time() - self.wall_start)
-        return {
-            "signature": self.exp.signature,
-            "data": self.iterator.get_state(),
-            "counters": dict(self.counters, wall_time_s=elapsed),
-        }
+        return {"signature": self.exp.signature, "data": self.iterator.get_state(), "counters": self._counters()}
 
     def _save(self, step: int) -> None:
         self.ckpt.save(step, self.state, self._meta())
@@ -191,8 +223,7 @@ class Trainer:
     def train(self) -> int | None:
         """Train to ``num_train_steps``; returns the step at which a signal stopped it, else None."""
         config, exp, counters = self.config, self.exp, self.counters
-        total = config.num_train_steps
-        timer = _Timer()
+        total, timer = config.num_train_steps, self.timer
         window, window_tokens, window_start = None, 0, time.time()
         pending = None  # (step, nonfinite flag) of the previous step, read one step late to keep the device busy
         progress = tqdm.tqdm(total=total, initial=self.start, disable=None, dynamic_ncols=True, desc="train")
@@ -210,10 +241,12 @@ class Trainer:
                 window_tokens += seen
                 if step == self.start:
                     jax.block_until_ready(self.state.step)
-                    timer.start()
-                    timed_from = counters["tokens_seen"]
+                    timer.start(counters["tokens_seen"])
                 done = step + 1
                 last = done == total
+                if last:  # the timed stretch ends here, so the last checkpoint holds all of it
+                    jax.block_until_ready(self.state.step)
+                    timer.stop(counters["tokens_seen"])
                 if done % config.log_every_steps == 0 or last:
                     summary = self._log(done, window, window_tokens, time.time() - window_start)
                     postfix = {"loss": f"{summary['loss']:.4f}", "tok_s": f"{summary['tokens_per_s']:.0f}"}
@@ -227,27 +260,23 @@ class Trainer:
                 if (evaluate or save or preemption.requested is not None) and config.on_nonfinite == "stop":
                     if float(pending[1]) > 0:  # never checkpoint or report a state past a bad step
                         raise self._nonfinite(f"at step {pending[0]}")
-                with timer.paused():
+                with timer.paused(counters["tokens_seen"]):
                     if evaluate:
                         self._evaluate(done)
-                    if save:
+                    if save or (preemption.requested is not None and not last):
                         self._save(done)
-                    if preemption.requested is not None and not last:
-                        self._save(done)
-                        timer.stop(counters["tokens_seen"] - timed_from)
-                        return done
+                if preemption.requested is not None and not last:
+                    return done
             jax.block_until_ready(self.state.step)
-            if self.start < total:
-                timer.stop(counters["tokens_seen"] - timed_from)
-        counters["train_time_s"] += timer.seconds
-        counters["timed_tokens"] += timer.tokens
+            timer.stop(counters["tokens_seen"])
         return None
 
     def results(self) -> dict:
         """Final evaluation of every split, written to ``results.json``."""
-        exp, counters, total = self.exp, self.counters, self.config.num_train_steps
-        if counters["last_eval"] is None:  # resumed a run that had already finished
+        exp, total = self.exp, self.config.num_train_steps
+        if self.counters["last_eval"] is None:  # resumed a run that had already finished
             self._evaluate(total)
+        counters = self._counters()
         final = counters["last_eval"]
         splits = {"validation": final}
         for split in exp.data.eval_splits:
@@ -269,23 +298,29 @@ class Trainer:
             "num_non_embedding_params": num_params - num_emb,
             "tokens_seen": counters["tokens_seen"],
             "loss_tokens_seen": counters["loss_tokens_seen"],
-            "wall_time_s": counters["wall_time_s"] + (time.time() - self.wall_start),
+            "wall_time_s": counters["wall_time_s"],
             "train_tokens_per_s": counters["timed_tokens"] / max(counters["train_time_s"], 1e-9),
             "nonfinite_steps": int(jax.device_get(self.state.nonfinite_steps)),
             "params_sha256": params_fingerprint(self.state.params),
             "finished": True,
         }
         if jax.process_index() == 0:
-            (self.workdir / "results.json").write_text(json.dumps(results, indent=2))
+            files.write_json(self.workdir / "results.json", results)
         return results
 
     def close(self) -> None:
         self.ckpt.close()
         self.writer.close()
+        self.lock.release()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, overwrite: bool = False) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | Path, overwrite: bool = False, accept_data_change: bool = False
+) -> dict:
     """Train and evaluate one run in ``workdir``; resume if it holds a checkpoint.
+
+    ``accept_data_change`` resumes a run whose data changed since it was trained
+    (its tokenizer must not have); otherwise such a resume is refused.
 
     Returns the contents of ``results.json``, or ``{"preempted": True, "step": N}``
     (and no results file) when SIGTERM/SIGINT stopped the run after saving a
@@ -294,7 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
     validation.validate(config)
     if config.distributed:
         sharding.initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
-    trainer = Trainer(config, Path(workdir), overwrite)
+    trainer = Trainer(config, Path(workdir), overwrite, accept_data_change)
     try:
         stopped = trainer.train()
         if stopped is not None:

@@ -10,8 +10,11 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 
+from gpt2_jax import files
+from gpt2_jax.data import sources, tokenizers
 from gpt2_jax.errors import CheckpointError
 from gpt2_jax.model import TransformerConfig
 
@@ -91,10 +94,7 @@ def check_workdir(workdir: Path, config_dict: dict, overwrite: bool) -> None:
     path = workdir / "config.json"
     if not path.exists():
         return
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        saved = {}
+    saved = files.read_json(path, "the run's config; restore it, or delete it and the checkpoints' own check remains")
     given = _flatten(config_dict)
     automatic = [k for k in AUTO_FIELDS if given.get(k) == 0]
     diffs = config_differences(saved, config_dict, (*RESUMABLE_CHANGES, *automatic))
@@ -113,6 +113,59 @@ def check_workdir(workdir: Path, config_dict: dict, overwrite: bool) -> None:
 
 
 def resolved_config(config: ml_collections.ConfigDict, mc: TransformerConfig) -> dict:
+    """The config as run: the automatic model fields replaced by what the data resolved them to."""
     out = config.to_dict()
     out["model"].update(dataclasses.asdict(mc))
     return out
+
+
+def lock(workdir: Path) -> files.DirectoryLock:
+    """Create ``workdir`` if needed and take its lock: one writer per workdir (process 0 of a multi-host run)."""
+    files.ensure_writable_dir(workdir, "workdir")
+    directory_lock = files.DirectoryLock(workdir, "workdir")
+    return directory_lock.acquire() if jax.process_index() == 0 else directory_lock
+
+
+DATA_FILE = "data_fingerprint.json"
+
+
+def data_fingerprints(data: Any) -> dict[str, str]:
+    """What a resume must find unchanged: the data's contents and the tokenizer built from them."""
+    return {"data": data.fingerprint, "tokenizer": sources.fingerprint(data.tokenizer.to_json())}
+
+
+def check_data(workdir: Path, fingerprints: dict[str, str], accept_data_change: bool) -> None:
+    """Refuse to resume on data or a tokenizer other than the run's (``accept_data_change`` lets data change)."""
+    path = workdir / DATA_FILE
+    if not path.exists():
+        return  # a run written before fingerprints were kept: nothing to compare with
+    saved = files.read_json(path, "the fingerprints of the run's data")
+    if saved.get("tokenizer") != fingerprints["tokenizer"]:
+        raise CheckpointError(
+            f"the tokenizer built from the data differs from the one the run in {workdir} was trained with "
+            "(the data changed: its token ids would mean other symbols); restore the data, or train in another "
+            "--workdir"
+        )
+    if saved.get("data") != fingerprints["data"]:
+        if not accept_data_change:
+            raise CheckpointError(
+                f"the data differs from the data the run in {workdir} was trained on (config.data's files or "
+                "generator settings changed); restore it, train in another --workdir, or pass --accept_data_change "
+                "to continue this run on the new data"
+            )
+        log.warning("continuing the run in %s on changed data (--accept_data_change)", workdir)
+
+
+def write_run_files(
+    workdir: Path,
+    config: ml_collections.ConfigDict,
+    model_config: TransformerConfig,
+    tokenizer: tokenizers.Tokenizer,
+    fingerprints: dict[str, str],
+) -> None:
+    """``config.json``, ``tokenizer.json`` and the data's fingerprints, written atomically once all checks passed."""
+    if jax.process_index() > 0:
+        return
+    files.write_json(workdir / "config.json", resolved_config(config, model_config))
+    files.write_json(workdir / "tokenizer.json", tokenizer.to_json())
+    files.write_json(workdir / DATA_FILE, fingerprints)

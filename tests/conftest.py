@@ -23,7 +23,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 # Tests build many experiments with identical shapes: XLA's persistent cache
-# compiles each distinct program once per session.
+# compiles each distinct program once per test run.
 jax.config.update(
     "jax_compilation_cache_dir", os.environ.get("GPT2_JAX_TEST_XLA_CACHE", "/tmp/gpt2_jax_test_xla_cache")
 )
@@ -37,7 +37,7 @@ def _scratch_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GPT2_JAX_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def shakespeare_path() -> Path:
     """tinyshakespeare from the data directory (the tests never download)."""
     path = Path(os.environ.get("GPT2_JAX_DATA_DIR", "")) / "tinyshakespeare" / "input.txt"

@@ -179,6 +179,10 @@ def test_vocabulary_that_does_not_match_the_checkpoint_is_refused(tmp_path):
     config = tiny_config(corpus=corpus, num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2)
     train.train_and_evaluate(config, tmp_path / "run")
     corpus.write_text((TEXT + "XYZ#@!\n") * 40)  # same file, wider alphabet
+    with pytest.raises(CheckpointError, match="the tokenizer built from the data differs"):
+        train.train_and_evaluate(config, tmp_path / "run")
+    # Without the run's data fingerprints the checkpoint's own signature still refuses it.
+    (tmp_path / "run" / "data_fingerprint.json").unlink()
     with pytest.raises(CheckpointError, match=r"vocab_size is .* in the checkpoint but .* in this run"):
         train.train_and_evaluate(config, tmp_path / "run")
 

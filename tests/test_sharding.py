@@ -211,7 +211,7 @@ def test_sharded_training_run_writes_results(tmp_path):
 
 
 def _free_slurm_job_id() -> int:
-    """A job id whose coordinator port (JAX derives it from SLURM_JOB_ID) is free on this machine."""
+    """A job id whose coordinator port (JAX derives it from SLURM_JOB_ID) is free on the local host."""
     for job in random.sample(range(4096), 64):
         with socket.socket() as s:
             try:
@@ -230,7 +230,7 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("launcher", ["slurm", "flags"])
 def test_two_processes_train_like_one_process_over_the_same_mesh(tmp_path, launcher):
-    """The README's multi-host commands, as two processes on this machine.
+    """The README's multi-host commands, as two processes on the local host.
 
     Each process has 2 CPU devices and feeds its half of every global batch.
     Under a (simulated) SLURM step ``jax.distributed.initialize()`` finds the

@@ -75,6 +75,12 @@ def paired_splits(config, cache: Path) -> dict[str, list[tuple[str, str]]]:
     return {split: source.pairs(split) for split in source.splits}
 
 
+def _fingerprinted(dataset, *contents):
+    """``dataset`` with ``fingerprint``, a hash of the examples it serves (a resume checks it is unchanged)."""
+    dataset.fingerprint = sources.fingerprint(*contents)
+    return dataset
+
+
 def build(config):
     """The dataset a run config asks for (sources are prepared into the cache on first use)."""
     d = config.data
@@ -85,13 +91,14 @@ def build(config):
         train_text = source.texts("train")
         alphabet_text = train_text + source.texts("validation") if d.tokenizer == "char" else train_text
         tokenizer = tokenizers.build(d, alphabet_text, cache)
-        return datasets.TextDataset(config, source, tokenizer, objective(config), decoder_only_loss(config))
+        dataset = datasets.TextDataset(config, source, tokenizer, objective(config), decoder_only_loss(config))
+        return _fingerprinted(dataset, train_text, source.texts("validation"))
     if d.dataset in PAIRED_DATASETS:
         splits = paired_splits(config, cache)
         fit = splits if d.tokenizer == "char" else {"train": splits["train"]}
         text = "\n".join(f"{s}\n{t}" for pairs in fit.values() for s, t in pairs)
         tokenizer = tokenizers.build(d, text, cache)
-        return datasets.PairedDataset(config, splits, tokenizer, decoder_only_loss(config))
+        return _fingerprinted(datasets.PairedDataset(config, splits, tokenizer, decoder_only_loss(config)), splits)
     if d.dataset == "facts":
         params = {"num": d.facts.num_facts, "seed": d.facts.seed}
         source = sources.generated_pairs(
@@ -99,11 +106,12 @@ def build(config):
         )
         facts = source.pairs("train")
         tokenizer = tokenizers.build(d, "\n".join(f"{n} is {a}." for n, a in facts), cache)
-        return datasets.FactsDataset(config, facts, tokenizer)
+        return _fingerprinted(datasets.FactsDataset(config, facts, tokenizer), facts)
     if d.dataset == "icl_regression":
         source = sources.generated_vectors(
             "icl_regression", d.icl.to_dict(), lambda: synthetic.regression_splits(d.icl), cache
         )
         splits = {split: source.vectors(split) for split in source.splits}
-        return datasets.RegressionDataset(config, splits, tokenizers.ByteTokenizer())
+        arrays = [a for split in sorted(splits) for a in (split, *splits[split])]
+        return _fingerprinted(datasets.RegressionDataset(config, splits, tokenizers.ByteTokenizer()), *arrays)
     raise DataError(f"unknown config.data.dataset {d.dataset!r}; choose one of {', '.join(DATASETS)}")

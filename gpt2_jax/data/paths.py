@@ -13,6 +13,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from gpt2_jax import files
+
 DATA_DIR_ENV = "GPT2_JAX_DATA_DIR"
 CACHE_DIR_ENV = "GPT2_JAX_CACHE_DIR"
 
@@ -35,7 +37,7 @@ def cache_dir(configured: str = "") -> Path:
         path = Path(os.environ[CACHE_DIR_ENV]).expanduser()
     else:
         path = Path.home() / ".cache" / "gpt2_jax"
-    path.mkdir(parents=True, exist_ok=True)
+    files.ensure_writable_dir(path, "cache directory (config.data.cache_dir or $GPT2_JAX_CACHE_DIR)")
     return path
 
 

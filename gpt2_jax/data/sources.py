@@ -1,14 +1,17 @@
 """Data sources as ``tensorflow-datasets`` builders, written as ``array_record`` and read with random access.
 
 TensorFlow is not needed: builders write ``array_record`` files and are read
-through ``builder.as_data_source`` (no ``tf.data``).  Three builders cover
-every source:
+through ``builder.as_data_source`` (no ``tf.data``).  One builder class (a
+``GeneratorBasedBuilder`` fed by a Python function, :func:`_builder_class`)
+with three feature layouts covers every source:
 
-* :class:`TextCorpus` -- a plain-text corpus (tiny Shakespeare, any text file
-  or folder of ``.txt`` files), split by characters into train/validation.
-* :class:`ParallelCorpus` -- aligned (source, target) text pairs: Multi30k,
-  local pairs of files, and the synthetic sequence tasks.
-* :class:`VectorTask` -- real-valued sequences (in-context regression).
+* text, :func:`text_corpus` -- a plain-text corpus (tiny Shakespeare, any text
+  file or folder of ``.txt`` files), split by characters into train/validation;
+* pairs, :func:`parallel_corpus`, :func:`multi30k`, :func:`generated_pairs` --
+  aligned (source, target) text pairs: Multi30k, local pairs of files, and the
+  synthetic sequence tasks;
+* vectors, :func:`generated_vectors` -- real-valued sequences (in-context
+  regression).
 
 Prepared datasets live under the writable cache directory (never the data
 directory, which may be read-only).  Each builder's config name is a
@@ -24,6 +27,7 @@ import hashlib
 import io
 import json
 import logging
+import tempfile
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -97,12 +101,15 @@ def find_or_fetch(relative: str, url: str, data_dir: str, cache_dir: Path) -> Pa
 
 
 def fingerprint(*parts: Any) -> str:
-    """A short hash of files (by content) and parameters."""
+    """A short hash of files (by content), arrays (by value) and parameters."""
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, Path):
             h.update(str(part.name).encode())
             h.update(part.read_bytes())
+        elif isinstance(part, np.ndarray):
+            h.update(str((part.dtype, part.shape)).encode())
+            h.update(np.ascontiguousarray(part).tobytes())
         else:
             h.update(json.dumps(part, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
@@ -154,13 +161,29 @@ class _QuietTfds(logging.Filter):
         return not message.startswith(("Using custom data configuration", "Variant folder"))
 
 
+@contextlib.contextmanager
+def _scratch_temp_dir(cache_dir: Path) -> Iterator[None]:
+    """Temporary files in a folder of the cache that is removed afterwards.
+
+    A new TFDS builder makes an empty ``tempfile.mkdtemp()`` folder that it
+    never removes (``DatasetInfo.initialize_from_bucket``).
+    """
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
+        tempfile.tempdir = scratch
+        try:
+            yield
+        finally:
+            tempfile.tempdir = previous
+
+
 def _prepare(name: str, features, config_name: str, cache_dir: Path, splits: Callable[[], dict]) -> Any:
     tfds = _tfds()
     logging.getLogger("absl").addFilter(_QuietTfds())
     cls = _builder_class(name, features)
     config = tfds.core.BuilderConfig(name=config_name, description=name)
     # Parallel runs of a sweep may prepare the same dataset at once: one builds, the others wait and read.
-    with paths.locked(cache_dir / "tfds" / f"{name}-{config_name}.lock"):
+    with paths.locked(cache_dir / "tfds" / f"{name}-{config_name}.lock"), _scratch_temp_dir(cache_dir):
         builder = cls(splits=splits, data_dir=str(cache_dir / "tfds"), config=config, file_format="array_record")
         if not builder.is_prepared():
             log.info("preparing %s/%s in %s", name, config_name, cache_dir / "tfds")
@@ -203,18 +226,18 @@ class Source:
         return self._sources[name]
 
     def texts(self, split: str) -> str:
-        """The whole text of a :class:`TextCorpus` split."""
+        """The whole text of a split of :func:`text_corpus`."""
         source = self.split(split)
         return "".join(source[i]["text"].decode("utf-8") for i in range(len(source)))
 
     def pairs(self, split: str) -> list[tuple[str, str]]:
-        """All (source, target) pairs of a :class:`ParallelCorpus` split, in order."""
+        """All (source, target) pairs of a split of a pairs source, in order."""
         source = self.split(split)
         records = source.__getitems__(list(range(len(source)))) if len(source) else []
         return [(r["source"].decode("utf-8"), r["target"].decode("utf-8")) for r in records]
 
     def vectors(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(x [N, n, d], y [N, n])`` of a :class:`VectorTask` split."""
+        """``(x [N, n, d], y [N, n])`` of a split of :func:`generated_vectors`."""
         source = self.split(split)
         records = source.__getitems__(list(range(len(source))))
         return np.stack([r["x"] for r in records]), np.stack([r["y"] for r in records])
@@ -226,7 +249,7 @@ def _chunks(text: str) -> Iterator[dict]:
 
 
 def text_corpus(files: list[Path], train_fraction: float, cache_dir: Path) -> Source:
-    """TextCorpus: the files' text joined by blank lines, first ``train_fraction`` for training."""
+    """A text source: the files' text joined by blank lines, the first ``train_fraction`` for training."""
     if not files:
         raise DataError("the text corpus has no files")
 
@@ -269,7 +292,7 @@ def _pair_records(pairs: list[tuple[str, str]]) -> Iterator[dict]:
 
 
 def parallel_corpus(split_files: dict[str, tuple[Path, Path]], cache_dir: Path) -> Source:
-    """ParallelCorpus from aligned line files, one (source file, target file) pair per split."""
+    """A pairs source from aligned line files, one (source file, target file) pair per split."""
     for src, tgt in split_files.values():  # fail before building
         _pair_lines(src, tgt)
 
@@ -293,7 +316,7 @@ def multi30k(data_dir: str, cache_dir: Path) -> Source:
 
 
 def generated_pairs(name: str, params: dict, generate: Callable[[], dict[str, list[tuple[str, str]]]], cache_dir: Path):
-    """ParallelCorpus of generated pairs (synthetic tasks), keyed by the generator's parameters."""
+    """A pairs source of generated pairs (synthetic tasks), keyed by the generator's parameters."""
 
     def splits():
         return {split: _pair_records(pairs) for split, pairs in generate().items()}
@@ -302,7 +325,7 @@ def generated_pairs(name: str, params: dict, generate: Callable[[], dict[str, li
 
 
 def generated_vectors(name: str, params: dict, generate: Callable[[], dict[str, tuple]], cache_dir: Path) -> Source:
-    """VectorTask of generated real-valued sequences."""
+    """A vectors source of generated real-valued sequences, keyed by the generator's parameters."""
 
     def records(x: np.ndarray, y: np.ndarray) -> Iterator[dict]:
         return ({"x": x[i], "y": y[i]} for i in range(len(x)))

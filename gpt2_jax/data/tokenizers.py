@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gpt2_jax import files
 from gpt2_jax.data import paths
 from gpt2_jax.errors import DataError
 
@@ -276,7 +277,7 @@ def from_json(spec: dict[str, Any]) -> Tokenizer:
 
 
 def save(tokenizer: Tokenizer, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(tokenizer.to_json()))
+    files.write_json(path, tokenizer.to_json())
 
 
 def load(path: str | Path) -> Tokenizer:

@@ -38,14 +38,14 @@ def _loss_and_grads(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len,
     C = losses.chunk_len_for(chunk_len, L)
     # The embedding gradient sums over rows, which a mesh splits over its batch axes: one slot per row
     # shard lets each device add its own rows, summed once after the loop instead of all-reduced per chunk.
-    S = shards("batch")
-    S = S if B % S == 0 else 1
+    R = shards("batch")  # row shards
+    R = R if B % R == 0 else 1
 
-    def chunk(demb_SxVxD: Array | None, xs: tuple[Array, Array]):
+    def chunk(demb_RxVxD: Array | None, xs: tuple[Array, Array]):
         x_BxCxD, w_BxC = xs
         max_BxC, argmax_BxC, e_BxCxV, sum_BxC = _chunk_stats(x_BxCxD, embedding_VxD, vocab_size)
         lse_BxC = max_BxC + jnp.log(sum_BxC)
-        if demb_SxVxD is None:
+        if demb_RxVxD is None:
             return None, (lse_BxC, argmax_BxC)
         # d(sum w * lse)/d logits = w * e / sum: the per-row factor w / sum scales x (and the
         # x-gradient) instead of e, so e enters both matmuls as written.
@@ -53,17 +53,17 @@ def _loss_and_grads(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len,
         scale_BxCx1 = (w_BxC / sum_BxC)[..., None]
         dx_BxCxD = scale_BxCx1 * jnp.einsum("bcv,vd->bcd", e_BxCxV, embedding_VxD, preferred_element_type=jnp.float32)
         scaled_x_BxCxD = (x_BxCxD * scale_BxCx1).astype(x_BxCxD.dtype)
-        demb_SxVxD = demb_SxVxD + jnp.einsum(
-            "stv,std->svd",
-            e_BxCxV.reshape(S, -1, V),
-            scaled_x_BxCxD.reshape(S, -1, D),
+        demb_RxVxD = demb_RxVxD + jnp.einsum(
+            "rtv,rtd->rvd",
+            e_BxCxV.reshape(R, -1, V),
+            scaled_x_BxCxD.reshape(R, -1, D),
             preferred_element_type=jnp.float32,
         )
-        return constrain(demb_SxVxD, "batch", "vocab", None), (lse_BxC, argmax_BxC, dx_BxCxD)
+        return constrain(demb_RxVxD, "batch", "vocab", None), (lse_BxC, argmax_BxC, dx_BxCxD)
 
     xs = (losses.in_chunks(x_BxLxD, C), losses.in_chunks(weights_BxL, C))
-    demb_SxVxD = constrain(jnp.zeros((S, V, D), jnp.float32), "batch", "vocab", None) if with_grads else None
-    demb_SxVxD, outs = jax.lax.scan(chunk, demb_SxVxD, xs)
+    demb_RxVxD = constrain(jnp.zeros((R, V, D), jnp.float32), "batch", "vocab", None) if with_grads else None
+    demb_RxVxD, outs = jax.lax.scan(chunk, demb_RxVxD, xs)
     lse_BxL, argmax_BxL = losses.from_chunks(outs[0], L), losses.from_chunks(outs[1], L)
     # The target's logit and its part of the gradient (-w times the one-hot), from the target rows.
     rows_BxLxD = embedding_lookup(embedding_VxD, targets_BxL, "vocab")
@@ -73,7 +73,7 @@ def _loss_and_grads(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len,
         return token_loss_BxL, argmax_BxL, None, None
     w_BxLx1 = weights_BxL[..., None]
     dx_BxLxD = losses.from_chunks(outs[2], L) - w_BxLx1 * rows_BxLxD.astype(jnp.float32)
-    demb_VxD = jnp.sum(demb_SxVxD, axis=0).at[targets_BxL].add(-w_BxLx1 * x_BxLxD.astype(jnp.float32))
+    demb_VxD = jnp.sum(demb_RxVxD, axis=0).at[targets_BxL].add(-w_BxLx1 * x_BxLxD.astype(jnp.float32))
     return token_loss_BxL, argmax_BxL, dx_BxLxD, demb_VxD
 
 
