@@ -48,7 +48,7 @@ def test_fused_cross_entropy_in_bfloat16_gets_bfloat16_gradients_close_to_float3
     x, emb, targets, weights = batch()
 
     def loss(x, emb):
-        return cross_entropy.fused_tied_cross_entropy(x, emb, targets, weights, 2)[0]
+        return cross_entropy.fused_tied_cross_entropy(x, emb, targets, weights, 2, emb.shape[0])[0]
 
     gx, ge = jax.grad(loss, argnums=(0, 1))(x.astype(jnp.bfloat16), emb.astype(jnp.bfloat16))
     assert gx.dtype == ge.dtype == jnp.bfloat16
@@ -61,7 +61,7 @@ def test_fused_cross_entropy_scatters_the_one_hot_into_embedding_rows_not_logits
     x, emb, targets, weights = batch(B=2, L=256, D=16, V=4096)
 
     def loss(x, emb):
-        return cross_entropy.fused_tied_cross_entropy(x, emb, targets, weights, 32)[0]
+        return cross_entropy.fused_tied_cross_entropy(x, emb, targets, weights, 32, emb.shape[0])[0]
 
     text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, emb).compile().as_text()
     assert set(re.findall(r"= \w+\[([\d,]*)\][^ ]* scatter\(", text)) <= {"4096,16"}

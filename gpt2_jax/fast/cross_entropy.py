@@ -78,15 +78,9 @@ def _loss_and_grads(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, chunk_len,
 
 
 def fused_tied_cross_entropy(
-    x_BxLxD: Array,
-    embedding_VxD: Array,
-    targets_BxL: Array,
-    weights_BxL: Array,
-    chunk_len: int = 0,
-    vocab_size: int | None = None,
+    x_BxLxD: Array, embedding_VxD: Array, targets_BxL: Array, weights_BxL: Array, chunk_len: int, vocab_size: int
 ) -> tuple[Array, Array]:
     """``(loss_sum, argmax_BxL)``, as :func:`gpt2_jax.losses.tied_cross_entropy`."""
-    vocab_size = embedding_VxD.shape[0] if vocab_size is None else vocab_size
     targets_BxL, weights_BxL = targets_BxL.astype(jnp.int32), weights_BxL.astype(jnp.float32)
     static = (chunk_len, vocab_size, x_BxLxD.dtype, embedding_VxD.dtype)  # the dtypes shape the cotangents
     return _fused(x_BxLxD, embedding_VxD, targets_BxL, weights_BxL, *static)
