@@ -30,6 +30,7 @@ setup(
         "safetensors>=0.4",  # GPT-2 checkpoints in and out, without PyTorch
         "sacrebleu>=2.4",  # BLEU / chrF with signatures
         "matplotlib>=3.8",  # experiment reports
+        "scipy>=1.11",  # significance tests in reports
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6"],

@@ -116,12 +116,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.facts.num_facts = 500  # Made-up (name, attribute) pairs, trained as "NAME is ATTR.".
     config.data.facts.seed = 0  # Generator seed.
 
-    # --- Optimizer (AdamW, warmup + cosine decay) --------------------------------
+    # --- Optimizer (AdamW, warmup + cosine decay or constant) ---------------------
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.learning_rate = 1e-3  # Peak learning rate after warmup.
     config.optimizer.min_learning_rate = 1e-4  # Floor the cosine decays to.
     config.optimizer.warmup_steps = 100  # Linear warmup from 0.
     config.optimizer.decay_steps = 0  # Step at which the cosine reaches the floor; 0 = num_train_steps.
+    # After warmup: cosine (decay to min_learning_rate) | constant (learning_rate throughout; curves comparable at
+    # any step).
+    config.optimizer.schedule = "cosine"
     config.optimizer.b1 = 0.9  # Adam beta1.
     config.optimizer.b2 = 0.99  # Adam beta2.
     config.optimizer.eps = 1e-8  # Adam epsilon.

@@ -21,7 +21,7 @@ from typing import Any
 
 from absl import app
 
-from experiments import sweeps
+from experiments import stats, sweeps
 from gpt2_jax import files
 from gpt2_jax.data import paths
 from gpt2_jax.errors import UserError
@@ -67,6 +67,11 @@ def collect(workdir: Path) -> list[dict]:
     return records
 
 
+def _present(runs: list[dict], path: str) -> list[float]:
+    """The value at ``path`` of every run that has it."""
+    return [v for r in runs if (v := _get(r["status"], path)) is not None]
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
@@ -88,10 +93,16 @@ def aggregate(records: list[dict], sweep: sweeps.Sweep) -> list[dict]:
             "failed": sum(r["status"].get("state") == "failed" for r in by_cell.get(key, [])),
         }
         cell = " / ".join(labels.values())
-        for metric in sweep.metrics:
+        row["per_seed"] = {}
+        for metric in sweep.report_metrics():
             applies = metric.applies(cell)
-            values = [v * metric.scale for r in runs if applies and (v := _get(r["status"], metric.path)) is not None]
-            row[metric.name] = mean_std(values)
+            per_seed = {
+                r["seed"]: v * metric.scale
+                for r in runs
+                if applies and (v := _get(r["status"], metric.path)) is not None
+            }
+            row["per_seed"][metric.name] = per_seed
+            row[metric.name] = mean_std(list(per_seed.values()))
         config = sweeps.apply(sweep.base, overrides)
         vocab = next((r["vocab_size"] for r in runs if r["vocab_size"]), 0)
         row["params"] = next((_get(r["status"], "results.num_params") for r in runs), None)
@@ -102,8 +113,8 @@ def aggregate(records: list[dict], sweep: sweeps.Sweep) -> list[dict]:
                 row["flops"] = sweeps.example_flops(config, sweep.example_lengths, vocab)
         except Exception:
             pass
-        row["loss_tokens"] = mean_std([_get(r["status"], "results.loss_tokens_seen") for r in runs])[0]
-        row["wall_time"] = mean_std([_get(r["status"], "results.wall_time_s") for r in runs])[0]
+        row["loss_tokens"] = mean_std(_present(runs, "results.loss_tokens_seen"))[0]
+        row["wall_time"] = mean_std(_present(runs, "results.wall_time_s"))[0]
         row["curves"] = [[(e["step"], e["loss"]) for e in r["history"] if e["split"] == "eval"] for r in runs]
         rows.append(row)
     return rows
@@ -149,6 +160,55 @@ def table(rows: list[dict], sweep: sweeps.Sweep) -> str:
             _fmt(row["wall_time"], 0),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _untuned(labels: dict[str, str], sweep: sweeps.Sweep) -> tuple[str, ...]:
+    """A row's labels without the tuned axis: what identifies it once its best tuned label is chosen."""
+    return tuple(v for k, v in labels.items() if k != sweep.tune)
+
+
+def tuned_rows(rows: list[dict], sweep: sweeps.Sweep) -> list[dict]:
+    """For each combination of the untuned axes, the row whose tune metric has the best mean over seeds."""
+    metric = sweep.tune_metric or sweep.main_metric
+    best: dict[tuple[str, ...], dict] = {}
+    for row in rows:
+        mean = row[metric.name][0]
+        if math.isnan(mean):
+            continue
+        key = _untuned(row["labels"], sweep)
+        held = best.get(key)
+        if held is None or (mean > held[metric.name][0] if metric.higher_is_better else mean < held[metric.name][0]):
+            best[key] = row
+    return [best[k] for k in dict.fromkeys(_untuned(r["labels"], sweep) for r in rows) if k in best]
+
+
+def comparison_table(rows: list[dict], sweep: sweeps.Sweep) -> str:
+    """The main metric of every row against its reference row: difference, 95% CI, p, and the seeds it would need."""
+    metric = sweep.main_metric
+    by_labels = {_untuned(r["labels"], sweep): r for r in rows}
+    lines = [
+        f"Each row's {metric.name} minus its reference row's; paired by seed where both ran the same seeds, else "
+        f"Welch. Significant at p < {stats.ALPHA}. Seeds for power: per cell, for an 80% chance to detect a "
+        "difference of this size.",
+        "",
+        "| cell | reference | difference (95% CI) | p | test | seeds | significant | seeds for power |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ref = by_labels.get(_untuned({**row["labels"], **sweep.reference_labels()}, sweep))
+        if ref is None or ref is row:
+            continue
+        c = stats.compare(row["per_seed"][metric.name], ref["per_seed"][metric.name])
+        cell, ref_cell = " / ".join(row["labels"].values()), " / ".join(ref["labels"].values())
+        if c is None:
+            lines.append(f"| {cell} | {ref_cell} | — | — | — | — | fewer than 2 seeds | — |")
+            continue
+        needed = "—" if c.significant else (f"{c.seeds_for_power}" if c.seeds_for_power else "> 1000")
+        lines.append(
+            f"| {cell} | {ref_cell} | {c.difference:+.3f} ({c.ci_low:+.3f}, {c.ci_high:+.3f}) | {c.p_value:.3g} | "
+            f"{c.test} | {c.seeds} | {'yes' if c.significant else 'no'} | {needed} |"
+        )
     return "\n".join(lines)
 
 
@@ -224,6 +284,33 @@ def plot(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> list[str]:
     return pictures
 
 
+def plot_tuning(records: list[dict], sweep: sweeps.Sweep, workdir: Path) -> str:
+    """The tuning metric against the tuned axis's labels, one line per combination of the other axes."""
+    plt = pyplot()
+    metric = sweep.tune_metric or sweep.main_metric
+    tune_labels = [label for axis, values in sweep.axes if axis == sweep.tune for label, _ in values]
+    rows = aggregate(records, sweep)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in dict.fromkeys(_untuned(r["labels"], sweep) for r in rows):
+        points = [
+            (tune_labels.index(r["labels"][sweep.tune]), r[metric.name])
+            for r in rows
+            if _untuned(r["labels"], sweep) == key
+        ]
+        points = [(x, m, s) for x, (m, s) in points if not math.isnan(m)]
+        if points:
+            xs, means, stds = zip(*sorted(points), strict=True)
+            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=" / ".join(key))
+    ax.set_xticks(range(len(tune_labels)), tune_labels)
+    ax.set_xlabel(sweep.tune)
+    ax.set_ylabel(metric.name + (" (higher is better)" if metric.higher_is_better else " (lower is better)"))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(workdir / "tuning.png", dpi=120)
+    plt.close(fig)
+    return "tuning.png"
+
+
 def write(workdir: Path, sweep: sweeps.Sweep) -> str:
     """Write ``report.md`` and the plots; return the table."""
     records = collect(workdir)
@@ -231,11 +318,16 @@ def write(workdir: Path, sweep: sweeps.Sweep) -> str:
     md = table(rows, sweep)
     failed = [r for r in records if r["status"].get("state") == "failed"]
     pictures = plot(rows, sweep, workdir)
-    parts = [
-        f"# {sweep.name}",
-        sweep.hypothesis.strip(),
-        f"**Matched:** {sweep.matched}",
-        md,
+    parts = [f"# {sweep.name}", sweep.hypothesis.strip(), f"**Matched:** {sweep.matched}", md]
+    if sweep.tune:
+        tuned = tuned_rows(rows, sweep)
+        chooser = (sweep.tune_metric or sweep.main_metric).name
+        md = table(tuned, sweep)
+        parts += [f"## Each cell at its best {sweep.tune} (chosen on {chooser}, mean over seeds)", md]
+        rows = tuned
+        pictures.append(plot_tuning(records, sweep, workdir))
+    parts += [
+        "## Tests against the reference\n\n" + comparison_table(rows, sweep),
         *(f"![{p}]({p})" for p in pictures),
     ]
     if failed:

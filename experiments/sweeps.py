@@ -50,6 +50,24 @@ class Sweep:
     matched: str  # what the comparison holds equal (parameters, FLOPs, tokens, ...)
     example_lengths: tuple[int, int] = (0, 0)  # mean (prefix, continuation) tokens of one example
     decode: list[str] = dataclasses.field(default_factory=list)  # splits to decode and score (BLEU)
+    # What the report tests each cell against: {axis: label}; by default the first label of the last axis
+    # other than the tuned one.
+    reference: dict[str, str] = dataclasses.field(default_factory=dict)
+    # An axis tuned per cell (a learning rate): the report keeps, for every combination of the other axes, the
+    # label whose tune_metric (a validation metric; default the main metric) has the best mean over seeds.
+    tune: str = ""
+    tune_metric: Metric | None = None
+
+    def reference_labels(self) -> dict[str, str]:
+        if self.reference:
+            return dict(self.reference)
+        axis, values = [(a, v) for a, v in self.axes if a != self.tune][-1]
+        return {axis: values[0][0]}
+
+    def report_metrics(self) -> list[Metric]:
+        """The metrics a report reads: the table's, and the one that tunes ``tune``."""
+        extra = [self.tune_metric] if self.tune_metric and self.tune_metric not in self.metrics else []
+        return [*self.metrics, *extra]
 
     @property
     def main_metric(self) -> Metric:

@@ -1,4 +1,4 @@
-"""AdamW with linear warmup, cosine decay to a floor, and global-norm clipping."""
+"""AdamW with linear warmup, then cosine decay to a floor (or a constant rate), and global-norm clipping."""
 
 from __future__ import annotations
 
@@ -10,10 +10,22 @@ from flax import traverse_util
 EMBEDDING_NAMES = ("wte", "wpe", "encoder_wpe")
 
 
+SCHEDULES = ("cosine", "constant")
+
+
 def schedule(opt_config, num_train_steps: int) -> optax.Schedule:
-    """Warmup from 0 to ``learning_rate``, then cosine to ``min_learning_rate`` at ``decay_steps``."""
+    """Warmup from 0 to ``learning_rate``, then cosine to ``min_learning_rate`` at ``decay_steps`` (``"cosine"``),
+    or ``learning_rate`` from then on (``"constant"``: the curve can be read at any step)."""
     decay_steps = opt_config.decay_steps or num_train_steps
     warmup = min(opt_config.warmup_steps, decay_steps)
+    if opt_config.schedule == "constant":
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, opt_config.learning_rate, max(warmup, 1)),
+                optax.constant_schedule(opt_config.learning_rate),
+            ],
+            [max(warmup, 1)],
+        )
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=opt_config.learning_rate,

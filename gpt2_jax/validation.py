@@ -14,6 +14,7 @@ from gpt2_jax.data import DATASETS, PAIRED_DATASETS
 from gpt2_jax.data.tokenizers import NAMES as TOKENIZERS
 from gpt2_jax.errors import ConfigError
 from gpt2_jax.model import DTYPES, REMAT_POLICIES
+from gpt2_jax.optim import SCHEDULES
 
 LOSS_IMPLS = ("chunked", "fused")
 GELU_IMPLS = ("autodiff", "recompute")
@@ -201,6 +202,7 @@ def validate(config) -> None:
         f"got {o.min_learning_rate}",
     )
     _require(o.warmup_steps >= 0, f"config.optimizer.warmup_steps must be >= 0, got {o.warmup_steps}")
+    _one_of(o.schedule, SCHEDULES, "config.optimizer.schedule")
     _require(
         o.decay_steps >= 0, f"config.optimizer.decay_steps must be >= 0 (0 = num_train_steps), got {o.decay_steps}"
     )

@@ -93,6 +93,10 @@ def test_weight_decay_mask_and_schedule():
     assert float(sched(10)) == pytest.approx(1e-3)
     assert float(sched(100)) == pytest.approx(1e-4)
     assert 1e-4 < float(sched(55)) < 1e-3
+    config.optimizer.schedule = "constant"
+    sched = optim.schedule(config.optimizer, 100)
+    assert float(sched(0)) == 0.0 and float(sched(5)) == pytest.approx(5e-4)
+    assert [float(sched(s)) for s in (10, 55, 100, 1000)] == pytest.approx([1e-3] * 4)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -1,0 +1,116 @@
+"""Significance of a difference between two cells: scipy's t-tests, their intervals, and the seeds for 80% power."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from experiments import report, stats, sweeps
+from tests.test_experiments import tiny_sweep
+
+
+def test_cells_run_on_the_same_seeds_are_compared_paired_by_seed():
+    a = {0: 1.0, 1: 2.0, 2: 3.5, 3: 4.0}
+    b = {0: 0.5, 1: 1.8, 2: 2.9, 3: 3.9}
+    c = stats.compare(a, b)
+    d = np.array([0.5, 0.2, 0.6, 0.1])
+    assert c.test == "paired t" and c.seeds == 4
+    assert c.difference == pytest.approx(d.mean())
+    assert c.p_value == pytest.approx(scipy_stats.ttest_1samp(d, 0).pvalue)
+    half = scipy_stats.t.ppf(0.975, 3) * d.std(ddof=1) / math.sqrt(4)
+    assert (c.ci_low, c.ci_high) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert c.significant == (c.p_value < 0.05)
+
+
+def test_cells_on_different_seeds_get_welchs_test():
+    a, b = {0: 1.0, 1: 1.2, 2: 0.9}, {5: 2.0, 6: 2.5, 7: 1.7, 8: 2.2}
+    c = stats.compare(a, b)
+    want = scipy_stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False)
+    assert c.test == "Welch t" and c.seeds == 3
+    assert c.p_value == pytest.approx(want.pvalue)
+    assert c.ci_low < c.difference < c.ci_high < 0
+    assert stats.compare({0: 1.0}, b) is None
+
+
+@pytest.mark.parametrize("power", [stats.power_paired, stats.power_two_sample])
+def test_power_rises_with_seeds_and_effect_and_a_quarter_sd_needs_many(power):
+    assert power(0.5, 10) < power(0.5, 20) < power(1.0, 20)
+    assert power(2.0, 2) < 0.8 < power(2.0, 10)
+
+
+def test_seeds_for_power_is_the_smallest_count_that_reaches_80_percent():
+    a = {s: 1.0 + 0.1 * s for s in range(3)}
+    b = {s: 1.05 + 0.1 * s + (0.2 if s == 1 else 0.0) for s in range(3)}
+    c = stats.compare(a, b)
+    assert not c.significant
+    effect = abs(c.difference) / np.std(np.array(list(a.values())) - np.array(list(b.values())), ddof=1)
+    n = c.seeds_for_power
+    assert stats.power_paired(effect, n) >= 0.8 > stats.power_paired(effect, n - 1)
+
+
+def test_the_report_tests_every_cell_against_its_reference(tmp_path):
+    sweep = sweeps.load(f"{tiny_sweep(tmp_path)}:ok")
+    sweep.seeds = [0, 1, 2]
+    rows = []
+    for label, values in (("a", [3.0, 3.1, 3.2]), ("b", [2.0, 2.2, 2.1])):
+        row = {"labels": {"model": label}, "per_seed": {"loss": dict(enumerate(values))}}
+        rows.append(row)
+    text = report.comparison_table(rows, sweep)
+    line = next(line for line in text.splitlines() if line.startswith("| b | a |"))
+    c = stats.compare(dict(enumerate([2.0, 2.2, 2.1])), dict(enumerate([3.0, 3.1, 3.2])))
+    assert f"{c.difference:+.3f}" in line and "paired t" in line and "| yes |" in line
+    assert "| a | a |" not in text
+
+
+def test_tuning_keeps_each_cells_best_learning_rate_on_the_validation_metric(tmp_path):
+    sweep = sweeps.load(f"{tiny_sweep(tmp_path)}:ok")
+    sweep.axes = [*sweep.axes, ("lr", [("1e-3", {}), ("3e-3", {})])]
+    sweep.tune = "lr"
+    sweep.tune_metric = sweeps.Metric("val loss", "results.best_eval_loss", higher_is_better=False)
+
+    def row(model, lr, val_loss, test_loss):
+        return {
+            "labels": {"model": model, "lr": lr},
+            "val loss": (val_loss, 0.0),
+            "loss": (test_loss, 0.0),
+            "per_seed": {"loss": {0: test_loss, 1: test_loss + 0.01}},
+        }
+
+    rows = [
+        row("a", "1e-3", 2.0, 2.5),
+        row("a", "3e-3", 1.5, 2.9),
+        row("b", "1e-3", 1.2, 1.0),
+        row("b", "3e-3", 1.3, 0.5),
+    ]
+    tuned = report.tuned_rows(rows, sweep)
+    # Chosen on validation, never on the test metric it then reports.
+    assert [(r["labels"]["model"], r["labels"]["lr"]) for r in tuned] == [("a", "3e-3"), ("b", "1e-3")]
+    assert sweep.reference_labels() == {"model": "a"}
+    table = report.comparison_table(tuned, sweep)
+    assert "| b / 1e-3 | a / 3e-3 |" in table
+
+
+def test_a_tuned_sweeps_report_has_the_tuned_table_and_the_tuning_plot(tmp_path, monkeypatch):
+    sweep = sweeps.load(f"{tiny_sweep(tmp_path)}:ok")
+    sweep.axes = [*sweep.axes, ("lr", [("1e-3", {"optimizer.learning_rate": 1e-3}), ("3e-3", {})])]
+    sweep.tune, sweep.seeds = "lr", [0, 1]
+    records = [
+        {
+            "labels": {"model": model, "lr": lr},
+            "seed": seed,
+            "status": {"state": "done", "results": {"final_eval_loss": loss + 0.01 * seed, "num_params": 1}},
+            "history": [],
+            "config": {},
+            "vocab_size": 0,
+        }
+        for model, lr, loss in (("a", "1e-3", 2.0), ("a", "3e-3", 1.5), ("b", "1e-3", 1.2), ("b", "3e-3", 1.3))
+        for seed in (0, 1)
+    ]
+    monkeypatch.setattr(report, "collect", lambda workdir: records)  # what a finished sweep directory gives
+    report.write(tmp_path, sweep)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Each cell at its best lr (chosen on loss, mean over seeds)" in text
+    tuned_table = text.split("## Each cell at its best lr")[1].split("## Tests")[0]
+    assert "| a | 3e-3 |" in tuned_table and "| b | 1e-3 |" in tuned_table and "| a | 1e-3 |" not in tuned_table
+    assert (tmp_path / "tuning.png").stat().st_size > 0
