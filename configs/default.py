@@ -37,7 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (parameters stay float32).
     # encoder_decoder only: the encoder reuses the decoder's blocks (T5's "shared").
     config.model.share_encoder_decoder = False
-    config.model.positional = "learned"  # learned | none (no position embedding, Haviv et al. 2022).
+    # learned (GPT-2) | none (Haviv et al. 2022) | rope (rotary, base 10,000, on self-attention's queries and keys) |
+    # t5_bias (T5's 32 relative-position buckets up to distance 128, a learned bias per head shared by a stack's
+    # layers; bidirectional buckets in encoders and prefix-LMs). Cross-attention has no positions.
+    config.model.positional = "learned"
     config.model.remat = False  # Recompute block activations in the backward pass to save memory.
     # With remat, what each block keeps: full (only its input) | dots (also its dense layers' matmul outputs;
     # attention, LayerNorm and GELU are recomputed: less memory saved, less recomputed).
@@ -86,6 +89,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.noise_density = 0.15  # span_corruption: share of tokens dropped (T5).
     config.data.mean_noise_span_length = 3.0  # span_corruption: mean span length (T5).
     config.data.pack = True  # Paired data: pack several short examples per training row.
+    # decoder_only / prefix_lm: continue (positions run through prefix and continuation) | restart (the position
+    # that predicts continuation token j is j, as in an encoder-decoder's decoder: output j meets source j).
+    config.data.target_positions = "continue"
 
     # Synthetic transduction tasks (dataset="synthetic").
     config.data.synthetic = ml_collections.ConfigDict()

@@ -16,19 +16,35 @@ Array = jnp.ndarray
 IMPLEMENTATIONS = ("xla", "cudnn", "block_causal")
 
 
-def attend(q_BxLxNxH: Array, k_BxSxNxH: Array, v_BxSxNxH: Array, mask: Array | None, impl: str) -> Array:
+def attend(
+    q_BxLxNxH: Array,
+    k_BxSxNxH: Array,
+    v_BxSxNxH: Array,
+    mask: Array | None,
+    impl: str,
+    bias_BxNxLxS: Array | None = None,
+) -> Array:
     """Attention of ``q`` over ``k``/``v``: ``[B, L, N, H]``.
 
     ``mask`` ``[B|1, 1|N, L, S]`` is True where a query may attend; None is the
-    causal mask (no mask tensor, so fused kernels skip masked blocks).  The
-    softmax runs in float32 whatever the compute dtype.  ``impl``: ``"xla"``;
+    causal mask (no mask tensor, so fused kernels skip masked blocks).
+    ``bias`` is added to the logits (T5's relative positions).  The softmax
+    runs in float32 whatever the compute dtype.  ``impl``: ``"xla"``;
     ``"cudnn"`` (cuDNN flash attention, GPUs); ``"block_causal"`` (XLA, causal
-    self-attention per block of queries, see :mod:`gpt2_jax.fast.attention`).
+    self-attention per block of queries without a bias, see
+    :mod:`gpt2_jax.fast.attention`).
     """
     if impl == "block_causal":
-        if mask is None and q_BxLxNxH.shape[1] == k_BxSxNxH.shape[1] and fast_attention.applies(q_BxLxNxH.shape[1]):
+        L, S = q_BxLxNxH.shape[1], k_BxSxNxH.shape[1]
+        if mask is None and bias_BxNxLxS is None and L == S and fast_attention.applies(L):
             return fast_attention.block_causal_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH)
         impl = "xla"
     return jax.nn.dot_product_attention(
-        q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask, is_causal=mask is None, implementation=impl
+        q_BxLxNxH,
+        k_BxSxNxH,
+        v_BxSxNxH,
+        bias=None if bias_BxNxLxS is None else bias_BxNxLxS.astype(q_BxLxNxH.dtype),
+        mask=mask,
+        is_causal=mask is None,
+        implementation=impl,
     )

@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gpt2_jax import losses, masks
+from gpt2_jax import losses, masks, positions
 from gpt2_jax.attention import attend
 from gpt2_jax.fast import cross_entropy as fast_cross_entropy
 from gpt2_jax.fast import gelu as fast_gelu
@@ -194,9 +194,10 @@ def write_cache(cache_BxTxNxH: Array, new_BxQxNxH: Array, index_B: Array) -> Arr
 class SelfAttention(nn.Module):
     """Multi-head self-attention with GPT-2's fused query/key/value projection ``c_attn``.
 
-    ``mask`` None is the causal mask.  With a ``cache`` the new keys/values are
-    written at ``cache_index_B`` and the queries attend over the whole cache
-    (``mask`` is then ``[B, 1, Q, T]``).
+    ``mask`` None is the causal mask.  ``positions`` rotate queries and keys
+    under RoPE; ``bias`` (T5's relative positions) is added to the logits.
+    With a ``cache`` the new keys/values are written at ``cache_index_B`` and
+    the queries attend over the whole cache (``mask`` is then ``[B, 1, Q, T]``).
     """
 
     cfg: TransformerConfig
@@ -204,15 +205,23 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BxLxD: Array, mask: Array | None, cache: Cache | None = None, cache_index_B: Array | None = None
+        self,
+        x_BxLxD: Array,
+        mask: Array | None,
+        positions_BxL: Array,
+        bias_BxNxLxS: Array | None = None,
+        cache: Cache | None = None,
+        cache_index_B: Array | None = None,
     ) -> tuple[Array, Cache | None]:
         cfg = self.cfg
         B, L, D = x_BxLxD.shape
         q, k, v = (_split_heads(t, cfg.num_heads) for t in FusedProjection(cfg, 3, name="c_attn")(x_BxLxD))
+        if cfg.positional == "rope":
+            q, k = positions.rope(q, positions_BxL), positions.rope(k, positions_BxL)
         if cache is not None:
             cache = {"k": write_cache(cache["k"], k, cache_index_B), "v": write_cache(cache["v"], v, cache_index_B)}
             k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
-        out_BxLxD = attend(q, k, v, mask, cfg.attention_impl).reshape(B, L, D)
+        out_BxLxD = attend(q, k, v, mask, cfg.attention_impl, bias_BxNxLxS).reshape(B, L, D)
         return _on_tokens(_dense(cfg, D, "c_proj", _residual_std(self.num_layers)), out_BxLxD), cache
 
 
@@ -289,13 +298,15 @@ class Block(nn.Module):
         mask: Array | None,
         deterministic: bool,
         *,
+        positions_BxL: Array,
+        bias_BxNxLxS: Array | None = None,
         cross_kv: tuple[Array, Array] | None = None,
         cross_mask: Array | None = None,
         cache: Cache | None = None,
         cache_index_B: Array | None = None,
     ) -> tuple[Array, Cache | None]:
         """``mask`` None is the causal mask; ``deterministic`` turns dropout off (positional: remat keeps it static)."""
-        h, cache = self.attn(self.ln_1(x_BxLxD), mask, cache, cache_index_B)
+        h, cache = self.attn(self.ln_1(x_BxLxD), mask, positions_BxL, bias_BxNxLxS, cache, cache_index_B)
         x_BxLxD = x_BxLxD + self.dropout(h, deterministic=deterministic)
         if cross_kv is not None:
             h = self.crossattention(self.ln_cross_attn(x_BxLxD), cross_kv, cross_mask)
@@ -342,6 +353,19 @@ class Transformer(nn.Module):
                 if cfg.positional == "learned":
                     self.encoder_wpe = nn.Embed(cfg.max_len, cfg.emb_dim, embedding_init=init, param_dtype=jnp.float32)
             self.encoder_ln_f = _layer_norm(cfg, "encoder_ln_f")
+        if cfg.positional == "t5_bias":
+            # One [buckets, heads] table per stack, shared by its layers (T5).
+            self.relative_bias = nn.Embed(
+                positions.T5_BUCKETS, cfg.num_heads, embedding_init=init, name="relative_bias"
+            )
+            if cfg.arch == "encoder_decoder":
+                self.encoder_relative_bias = (
+                    self.relative_bias
+                    if cfg.share_encoder_decoder
+                    else nn.Embed(
+                        positions.T5_BUCKETS, cfg.num_heads, embedding_init=init, name="encoder_relative_bias"
+                    )
+                )
         if cfg.vector_dim:
             # Real-valued inputs (in-context regression): a linear read-in added to
             # the token embedding, and a scalar read-out instead of the LM head.
@@ -373,6 +397,15 @@ class Transformer(nn.Module):
             return None
         return self.encoder_wpe if encoder else self.wpe
 
+    def _relative_bias(
+        self, encoder: bool, query_positions_BxL: Array, key_positions_BxS: Array, bidirectional: bool
+    ) -> Array | None:
+        """T5's relative-position logit biases ``[B, N, L, S]`` of a stack (None under other schemes)."""
+        if self.cfg.positional != "t5_bias":
+            return None
+        table = self.encoder_relative_bias if encoder else self.relative_bias
+        return positions.t5_bias(table.embedding, query_positions_BxL, key_positions_BxS, bidirectional)
+
     def encode(self, batch: Mapping[str, Array], deterministic: bool = True) -> Array:
         """Encoder output ``[B, S, D]`` of an encoder-decoder model (final LayerNorm applied)."""
         cfg = self.cfg
@@ -388,8 +421,10 @@ class Transformer(nn.Module):
         )
         mask = masks.self_attention_mask("bidirectional", x.shape[1], segment_ids=batch["encoder_segment_ids"])
         mask = _unrestricted_if_none(mask, x.shape[1])
+        pos = batch["encoder_positions"]
+        bias = self._relative_bias(True, pos, pos, bidirectional=True)
         for block in self.encoder_h:
-            x, _ = block(x, mask, deterministic)
+            x, _ = block(x, mask, deterministic, positions_BxL=pos, bias_BxNxLxS=bias)
         return self.encoder_ln_f(x)
 
     def cross_kv(self, encoded_BxSxD: Array) -> list[tuple[Array, Array]]:
@@ -452,8 +487,12 @@ class Transformer(nn.Module):
             dec_seg = seg if seg is not None else jnp.ones_like(tokens)
             cross_mask = masks.cross_mask(dec_seg, batch["encoder_segment_ids"])
             cross_kv = self.cross_kv(encoded)
+        pos = batch["positions"]
+        bias = self._relative_bias(False, pos, pos, bidirectional=kind != "causal")
         for block, kv in zip(self.h, cross_kv, strict=True):
-            x, _ = block(x, mask, deterministic, cross_kv=kv, cross_mask=cross_mask)
+            x, _ = block(
+                x, mask, deterministic, positions_BxL=pos, bias_BxNxLxS=bias, cross_kv=kv, cross_mask=cross_mask
+            )
         return self.ln_f(x)
 
     def cached_forward(
@@ -477,12 +516,18 @@ class Transformer(nn.Module):
         """
         x = self._embed(tokens_BxQ, positions_BxQ, self._positions_table(False), True, "embeddings")
         kvs = cross_kv if cross_kv is not None else [None] * len(self.h)
+        # A row's cache slot t holds its position t (prompts and continuations are written from slot 0).
+        B, T = tokens_BxQ.shape[0], cache[0]["k"].shape[1]
+        cache_positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        bias = self._relative_bias(False, positions_BxQ, cache_positions_BxT, self.cfg.arch == "prefix_lm")
         new_cache = []
         for block, layer_cache, kv in zip(self.h, cache, kvs, strict=True):
             x, layer_cache = block(
                 x,
                 mask_Bx1xQxT,
                 True,
+                positions_BxL=positions_BxQ,
+                bias_BxNxLxS=bias,
                 cross_kv=kv,
                 cross_mask=cross_mask,
                 cache=layer_cache,

@@ -18,7 +18,7 @@ from gpt2_jax.optim import SCHEDULES
 
 LOSS_IMPLS = ("chunked", "fused")
 GELU_IMPLS = ("autodiff", "recompute")
-POSITIONALS = ("learned", "none")
+POSITIONALS = ("learned", "none", "rope", "t5_bias")
 OBJECTIVES = ("auto", "lm", "mlm", "span_corruption", "seq2seq")
 DECODER_ONLY_LOSSES = ("auto", "all", "continuation")
 
@@ -203,6 +203,7 @@ def validate(config) -> None:
     )
     _require(o.warmup_steps >= 0, f"config.optimizer.warmup_steps must be >= 0, got {o.warmup_steps}")
     _one_of(o.schedule, SCHEDULES, "config.optimizer.schedule")
+    _one_of(d.target_positions, ("continue", "restart"), "config.data.target_positions")
     _require(
         o.decay_steps >= 0, f"config.optimizer.decay_steps must be >= 0 (0 = num_train_steps), got {o.decay_steps}"
     )

@@ -8,6 +8,7 @@ from jax.sharding import PartitionSpec as P
 
 from gpt2_jax import decoding, sharding
 from gpt2_jax.model import Transformer, TransformerConfig
+from gpt2_jax.validation import POSITIONALS as POSITIONAL_SCHEMES
 from tests.helpers import jaxpr_equations
 
 GENERATIVE = ("decoder_only", "prefix_lm", "encoder_decoder")
@@ -57,9 +58,10 @@ def full_logits(model, params, arch, row_tokens, prefix, source=None):
     return np.asarray(jax.jit(model.apply)({"params": params}, b))[0]
 
 
+@pytest.mark.parametrize("positional", POSITIONAL_SCHEMES)
 @pytest.mark.parametrize("arch", GENERATIVE)
-def test_cached_logits_equal_full_forward_at_every_position(arch):
-    model, params = model_and_params(arch)
+def test_cached_logits_equal_full_forward_at_every_position(arch, positional):
+    model, params = model_and_params(arch, positional=positional)
     rng = np.random.default_rng(0)
     dec = decoding.CachedModel(model)
     if arch == "encoder_decoder":
@@ -123,9 +125,10 @@ def decode_inputs(arch, prompts, sources):
     return decoding.pad_prompts(prompts, PAD)
 
 
+@pytest.mark.parametrize("positional", ["learned", "rope", "t5_bias"])
 @pytest.mark.parametrize("arch", GENERATIVE)
-def test_greedy_equals_repeated_argmax_of_full_forwards(arch):
-    model, params = model_and_params(arch, seed=1)
+def test_greedy_equals_repeated_argmax_of_full_forwards(arch, positional):
+    model, params = model_and_params(arch, seed=1, positional=positional)
     rng = np.random.default_rng(1)
     prompts = [rng.integers(5, V, 2), rng.integers(5, V, 4)]
     sources = [rng.integers(5, V, 4), rng.integers(5, V, 2)]

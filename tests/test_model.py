@@ -17,6 +17,7 @@ from gpt2_jax import losses
 from gpt2_jax.data import objectives
 from gpt2_jax.data.tokenizers import ByteTokenizer
 from gpt2_jax.model import REMAT_POLICIES, Transformer, TransformerConfig
+from gpt2_jax.validation import POSITIONALS
 
 TOK = ByteTokenizer()
 
@@ -111,9 +112,10 @@ def test_gpt2_initialisation_scales_residual_projections():
     assert np.all(params["ln_f"]["scale"] == 1)
 
 
-def test_decoder_only_is_causal_by_gradients():
+@pytest.mark.parametrize("positional", POSITIONALS)
+def test_decoder_only_is_causal_by_gradients(positional):
     b = lm_example("decoder_only")
-    model = make("decoder_only")
+    model = make("decoder_only", positional=positional)
     M = dependency(model, init(model, b), b)
     L = M.shape[0]
     causal = np.tril(np.ones((L, L), bool))
@@ -121,10 +123,11 @@ def test_decoder_only_is_causal_by_gradients():
     assert np.all(M[causal] > 0.0), "a loss ignores an earlier input"
 
 
-def test_prefix_lm_sees_prefix_both_ways_and_is_causal_after():
+@pytest.mark.parametrize("positional", POSITIONALS)
+def test_prefix_lm_sees_prefix_both_ways_and_is_causal_after(positional):
     P, L = 4, 8
     b = lm_example("prefix_lm", length=L, cut=P)
-    model = make("prefix_lm")
+    model = make("prefix_lm", positional=positional)
     M = dependency(model, init(model, b), b)
     may_see = np.tril(np.ones((L, L), bool))
     may_see[:P, :P] = True
@@ -135,9 +138,10 @@ def test_prefix_lm_sees_prefix_both_ways_and_is_causal_after():
     assert np.all(M[P - 1 :, P:][np.triu(np.ones((L - P + 1, L - P), bool))] == 0.0)
 
 
-def test_encoder_decoder_decoder_causal_encoder_visible_to_all():
+@pytest.mark.parametrize("positional", POSITIONALS)
+def test_encoder_decoder_decoder_causal_encoder_visible_to_all(positional):
     b = lm_example("encoder_decoder", length=8, cut=4)
-    model = make("encoder_decoder")
+    model = make("encoder_decoder", positional=positional)
     variables = init(model, b)
     M = dependency(model, variables, b)
     T = M.shape[0]
@@ -162,13 +166,14 @@ def test_encoder_decoder_ignores_padded_source():
     assert np.all(E[:, 3:] == 0.0) and np.all(E[:, :3] > 0.0)
 
 
-def test_encoder_only_is_bidirectional_within_segments():
+@pytest.mark.parametrize("positional", POSITIONALS)
+def test_encoder_only_is_bidirectional_within_segments(positional):
     rng = np.random.default_rng(0)
     tokens = rng.integers(TOK.num_specials, TOK.vocab_size, size=(1, 8))
     b = objectives.mlm_batch(tokens, TOK, 0.25, rng)
     b["loss_weights"] = np.ones_like(b["loss_weights"])
     b["segment_ids"] = np.array([[1, 1, 1, 1, 1, 2, 2, 2]])
-    model = make("encoder_only")
+    model = make("encoder_only", positional=positional)
     M = dependency(model, init(model, b), b)
     same = b["segment_ids"][0][:, None] == b["segment_ids"][0][None, :]
     assert np.all(M[same] > 0.0), "bidirectional: every position sees its whole example"

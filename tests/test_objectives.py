@@ -251,3 +251,40 @@ def test_packed_rows_never_attend_across_examples_through_the_masks(arch):
         c = np.asarray(masks.cross_mask(seg, enc))[0, 0]
         q, k = np.nonzero(c)
         assert np.all(seg[0, q] == enc[0, k]) and set(seg[0, q]) == {1, 2, 3}
+
+
+@pytest.mark.parametrize("arch", ["decoder_only", "prefix_lm"])
+def test_restarted_target_positions_of_a_packed_row(arch):
+    from gpt2_jax.data.objectives import Example, RowBuilder
+    from gpt2_jax.data.tokenizers import ByteTokenizer
+
+    tok = ByteTokenizer()
+    a, b, c, x, y, z = (tok.encode(ch)[0] for ch in "abcxyz")
+    first = Example(np.array([a, b, tok.sep_id]), np.array([x, y, tok.eos_id]))  # inputs a b <sep> x y
+    second = Example(np.array([c, tok.sep_id]), np.array([z, tok.eos_id]))  # inputs c <sep> z
+    rows = {}
+    for mode in ("continue", "restart"):
+        builder = RowBuilder(arch, tok, 1, 10, pack=True, target_positions=mode)  # footprints 6 + 4
+        assert builder.add(first) and builder.add(second)
+        rows[mode] = builder.batch()
+    assert rows["continue"]["segment_ids"][0].tolist() == [1, 1, 1, 1, 1, 2, 2, 2, 0, 0]
+    assert rows["continue"]["positions"][0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0, 0]
+    # <sep> predicts the first target token: position 0, where an encoder-decoder's <bos> sits.
+    assert rows["restart"]["positions"][0].tolist() == [0, 1, 0, 1, 2, 0, 0, 1, 0, 0]
+    for key in rows["continue"]:
+        if key != "positions":
+            np.testing.assert_array_equal(rows["continue"][key], rows["restart"][key])
+
+
+def test_data_target_positions_restart_puts_every_separator_at_position_zero(tmp_path):
+    from configs import synthetic
+
+    config = synthetic.get_config("copy")
+    config.data.synthetic.num_train, config.data.synthetic.num_eval = 64, 16
+    config.data.target_positions, config.batch_size, config.model.arch = "restart", 8, "decoder_only"
+    dataset = data.build(config)
+    batch = next(dataset.train_iterator())
+    at_separator = batch["input_tokens"] == dataset.tokenizer.sep_id
+    assert at_separator.sum() >= 8 and np.all(batch["positions"][at_separator] == 0)
+    after = np.roll(at_separator, 1, axis=1)  # the first target token, fed as input
+    assert np.all(batch["positions"][after & (batch["segment_ids"] > 0)] == 1)

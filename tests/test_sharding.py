@@ -40,10 +40,14 @@ def test_eight_fake_devices_are_present():
     assert len(jax.devices()) == 8, "tests run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_one_step_on_a_2x2x2_mesh_equals_one_device(tmp_path, arch):
+@pytest.mark.parametrize(
+    "arch, positional",
+    [*((arch, "learned") for arch in ARCHS), ("prefix_lm", "rope"), ("encoder_decoder", "t5_bias")],
+)
+def test_one_step_on_a_2x2x2_mesh_equals_one_device(tmp_path, arch, positional):
     corpus = write_corpus(tmp_path)
-    chunks = {"model.loss_chunk_len": 5}  # the loss in uneven chunks (16 positions = 5 + 5 + 5 + 1)
+    # The loss in uneven chunks (16 positions = 5 + 5 + 5 + 1).
+    chunks = {"model.loss_chunk_len": 5, "model.positional": positional}
     _, single, m1 = one_step(tiny_config(arch, corpus, **mesh_config(1, 1, 1), **chunks))
     exp8, sharded, m8 = one_step(tiny_config(arch, corpus, **mesh_config(2, 2, 2), **chunks))
     assert dict(exp8.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}

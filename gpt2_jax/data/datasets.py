@@ -119,6 +119,7 @@ class TextDataset:
         self.mask_rate = float(d.mask_rate)
         self.density, self.mean_span = float(d.noise_density), float(d.mean_noise_span_length)
         self.loss = loss
+        self.target_positions = d.target_positions
         self.train_ids = tokenizer.encode(source.texts("train"))
         self.eval_ids = tokenizer.encode(source.texts("validation"))
         if objective == "lm":
@@ -176,6 +177,7 @@ class TextDataset:
             self.encoder_len,
             loss or self.loss,
             with_segment_ids=not self._full_rows,
+            target_positions=self.target_positions,
         )
 
     def _train_batch(self, step: int) -> Batch:
@@ -253,7 +255,7 @@ class PairedDataset:
 
     def __init__(self, config, splits: dict[str, list[tuple[str, str]]], tokenizer: Tokenizer, loss: str):
         d = config.data
-        self.loss = loss
+        self.loss, self.target_positions = loss, d.target_positions
         self.arch, self.seed = config.model.arch, config.seed
         self.batch_size, self.eval_batch_size = config.batch_size, config.eval_batch_size
         self.seq_len = int(d.seq_len)
@@ -279,7 +281,9 @@ class PairedDataset:
         self.max_len = self.seq_len
 
     def _builder(self, rows: int, pack: bool) -> Callable[[], RowBuilder]:
-        return lambda: RowBuilder(self.arch, self.tokenizer, rows, self.seq_len, self.seq_len, self.loss, pack)
+        return lambda: RowBuilder(
+            self.arch, self.tokenizer, rows, self.seq_len, self.seq_len, self.loss, pack, self.target_positions
+        )
 
     def train_iterator(self, state: dict | None = None) -> EpochIterator:
         return EpochIterator(self.examples["train"], self._builder(self.batch_size, self.pack), self.seed, state)
@@ -288,7 +292,14 @@ class PairedDataset:
     def eval_splits(self) -> EvalSplits:
         # Evaluation scores the targets only, whatever the training loss (Liu et al.'s target perplexity).
         builder = lambda: RowBuilder(  # noqa: E731
-            self.arch, self.tokenizer, self.eval_batch_size, self.seq_len, self.seq_len, "continuation", False
+            self.arch,
+            self.tokenizer,
+            self.eval_batch_size,
+            self.seq_len,
+            self.seq_len,
+            "continuation",
+            False,
+            self.target_positions,
         )
         return {
             split: (lambda exs=exs: _eval_batches(exs, builder))

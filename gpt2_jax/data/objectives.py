@@ -85,8 +85,16 @@ def seq2seq_example(source: np.ndarray, target: np.ndarray, tokenizer: Tokenizer
 # --------------------------------------------------------------------------- layout
 
 
-def _streams(ex: Example, arch: str, tokenizer: Tokenizer, loss: str) -> dict[str, dict[str, np.ndarray]]:
-    """Per-position fields of one example: ``{"decoder": {...}, "encoder": {...}}``."""
+def _streams(
+    ex: Example, arch: str, tokenizer: Tokenizer, loss: str, target_positions: str = "continue"
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per-position fields of one example: ``{"decoder": {...}, "encoder": {...}}``.
+
+    ``target_positions="restart"`` (single stacks): the position that predicts
+    continuation token ``j`` is ``j``, as in an encoder-decoder's decoder (whose
+    ``<bos>`` at position 0 predicts token 0), so that it meets source token
+    ``j`` at the same position; the prefix before it keeps positions ``0, 1, ...``.
+    """
     if arch == "encoder_decoder":
         cont = ex.continuation
         dec = {
@@ -110,11 +118,14 @@ def _streams(ex: Example, arch: str, tokenizer: Tokenizer, loss: str) -> dict[st
     seq = np.concatenate([ex.prefix, ex.continuation])
     n = len(seq) - 1
     idx = np.arange(n)
+    first_target = len(ex.prefix) - 1  # the input position that predicts the continuation's first token
     dec = {
         "input_tokens": seq[:-1],
         "target_tokens": seq[1:],
-        "loss_weights": np.ones(n, np.float32) if loss == "all" else (idx >= len(ex.prefix) - 1).astype(np.float32),
+        "loss_weights": np.ones(n, np.float32) if loss == "all" else (idx >= first_target).astype(np.float32),
     }
+    if target_positions == "restart":
+        dec["positions"] = np.where(idx < first_target, idx, idx - first_target)
     if arch == "prefix_lm":
         dec["bidirectional"] = (idx < len(ex.prefix)).astype(np.int32)
     return {"decoder": dec}
@@ -137,10 +148,12 @@ class RowBuilder:
         encoder_length: int | None = None,
         loss: str = "continuation",
         pack: bool = False,
+        target_positions: str = "continue",
     ):
         if loss == "all" and arch != "decoder_only":
             raise ValueError(f"loss='all' is only meaningful for decoder_only, not {arch!r}")
         self.arch, self.tokenizer, self.loss, self.pack = arch, tokenizer, loss, pack
+        self.target_positions = target_positions
         self.rows = rows
         self.lengths = {"decoder": length, "encoder": encoder_length or length}
         self.used = {"decoder": np.zeros(rows, int), "encoder": np.zeros(rows, int)}
@@ -166,7 +179,7 @@ class RowBuilder:
 
     def add(self, ex: Example) -> bool:
         """Place ``ex``; False when no row has room left (the batch is complete)."""
-        streams = _streams(ex, self.arch, self.tokenizer, self.loss)
+        streams = _streams(ex, self.arch, self.tokenizer, self.loss, self.target_positions)
         sizes = {s: len(next(iter(f.values()))) for s, f in streams.items()}
         for s, n in sizes.items():
             if n > self.lengths[s]:
@@ -187,10 +200,10 @@ class RowBuilder:
         for stream, values in streams.items():
             start, n = self.used[stream][r], sizes[stream]
             span = slice(start, start + n)
+            prefix = "encoder_" if stream == "encoder" else ""
+            self.fields[prefix + "positions"][r, span] = np.arange(n)  # restart in every packed example
             for name, value in values.items():
                 self.fields[name][r, span] = value
-            prefix = "encoder_" if stream == "encoder" else ""
-            self.fields[prefix + "positions"][r, span] = np.arange(n)
             self.fields[prefix + "segment_ids"][r, span] = segment
             self.used[stream][r] += n
         self.count[r] += 1
@@ -219,9 +232,10 @@ def convert(
     loss: str = "continuation",
     pack: bool = False,
     with_segment_ids: bool = True,
+    target_positions: str = "continue",
 ) -> dict[str, np.ndarray]:
     """A batch of ``rows`` rows from ``examples`` (all of which must fit)."""
-    builder = RowBuilder(arch, tokenizer, rows, length, encoder_length, loss, pack)
+    builder = RowBuilder(arch, tokenizer, rows, length, encoder_length, loss, pack, target_positions)
     for ex in examples:
         if not builder.add(ex):
             raise ValueError(f"{rows} rows of length {length} cannot hold all the examples")
