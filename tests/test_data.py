@@ -200,3 +200,21 @@ def test_text_datasets_serve_every_objective(tmp_path):
         assert isinstance(ds, datasets.TextDataset)
         b = next(ds.train_iterator())
         assert b["loss_weights"].sum() > 0
+
+
+def test_a_synthetic_mixture_is_also_evaluated_per_operation(tmp_path):
+    from gpt2_jax.data import synthetic
+
+    config = tiny_config("encoder_decoder")
+    config.data.dataset = "synthetic"
+    config.data.synthetic.task, config.data.synthetic.op_position = "copy,reverse+sort", "last"
+    config.data.synthetic.num_train, config.data.synthetic.num_eval = 64, 30
+    splits = data.paired_splits(config, tmp_path)
+    assert {"validation_copy", "validation_reverse_sort"} <= set(splits)
+    per_op = splits["validation_copy"] + splits["validation_reverse_sort"]
+    assert sorted(per_op) == sorted(splits["validation"])
+    for source, target in splits["validation_copy"]:
+        assert source.endswith("C") and target == source[:-1]
+    for source, target in splits["validation_reverse_sort"]:
+        assert source.endswith("RS") and target == "".join(sorted(source[:-2]))
+    assert synthetic.operation_splits("copy", splits["validation"]) == {}

@@ -89,7 +89,13 @@ def get_sweep(variant: str = "cpu") -> Sweep:
             Metric("token accuracy %", "results.eval.validation.accuracy", scale=100),
             Metric("longer strings: exact match %", "results.eval.test_ood.exact_match", scale=100),
             Metric("validation loss", "results.final_eval_loss", higher_is_better=False),
+            *(
+                Metric(f"{op}: {what}", f"results.eval.validation_{op}.{field}", scale=100)
+                for op in ("copy", "reverse", "sort")
+                for what, field in (("exact match %", "exact_match"), ("token accuracy %", "accuracy"))
+            ),
         ],
+        reference={"model": f"ED {layers}+{layers}"},
         matched=(
             f"FLOPs per example: ED {layers}+{layers} vs DO/PLM {layers} (T5's 'M'); parameters: ED {layers}+{layers} "
             f"vs DO/PLM {deep} (T5's '2P'; {deep} layers is the decoder-only depth closest in parameters, "

@@ -72,7 +72,11 @@ def paired_splits(config, cache: Path) -> dict[str, list[tuple[str, str]]]:
         return _split_pairs(source.pairs("train"), d.train_fraction)
     params = d.synthetic.to_dict()
     source = sources.generated_pairs("synthetic", params, lambda: synthetic.transduction_splits(d.synthetic), cache)
-    return {split: source.pairs(split) for split in source.splits}
+    splits = {split: source.pairs(split) for split in source.splits}
+    # A mixture is also scored per operation: validation_copy, validation_reverse, ...
+    for name, pairs in synthetic.operation_splits(d.synthetic.task, splits["validation"]).items():
+        splits[f"validation_{name}"] = pairs
+    return splits
 
 
 def _fingerprinted(dataset, *contents):

@@ -89,6 +89,18 @@ def transduction_pairs(
     return pairs
 
 
+def operation_splits(task: str, pairs: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """A mixture's pairs split by operation: ``{"reverse": [...], "reverse_sort": [...]}`` (empty for one task)."""
+    tasks = parse_tasks(task)
+    if len(tasks) < 2:
+        return {}
+    by_tokens = {"".join(OPERATIONS[op][0] for op in ops): "_".join(ops) for ops in tasks}
+    out: dict[str, list[tuple[str, str]]] = {name: [] for name in by_tokens.values()}
+    for source, target in pairs:
+        out[by_tokens["".join(ch for ch in source if ch.isupper())]].append((source, target))
+    return out
+
+
 def transduction_splits(cfg) -> dict[str, list[tuple[str, str]]]:
     """train / validation (same lengths, disjoint) / test_ood (held-out longer lengths, when configured)."""
     args = (cfg.task, cfg.op_position, cfg.alphabet_size)
