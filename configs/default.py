@@ -82,6 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.objective = "auto"
     config.data.cut_fraction = 0.5  # lm: prefix share of each window (eval always cuts here).
     config.data.random_cut = False  # lm: draw the cut uniformly per training window (T5's "arbitrary cut").
+    # lm: also score the continuation after cuts at these fractions of the context, e.g. (0.125, 0.25, 0.5, 0.75,
+    # 0.875): eval splits continuation_cut_<prefix tokens> in results.json.
+    config.data.eval_cuts = ()
     # decoder_only: where the loss goes. "all" = every token (GPT-2, nanoGPT; Liu et al. 2018 on pairs),
     # "continuation" = where prefix_lm and encoder_decoder put it; auto = all for lm, else continuation.
     config.data.decoder_only_loss = "auto"

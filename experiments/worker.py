@@ -16,7 +16,6 @@ import time
 import traceback
 from pathlib import Path
 
-import ml_collections
 from absl import app, flags
 
 from gpt2_jax import files
@@ -32,10 +31,11 @@ def write_status(run_dir: Path, status: dict) -> None:
 
 def run(run_dir: Path) -> dict:
     from gpt2_jax import experiment, runs, train
+    from gpt2_jax import workdir as workdir_lib
     from gpt2_jax.evaluate import decode_split
 
     spec = json.loads((run_dir / "run.json").read_text())
-    config = ml_collections.ConfigDict(spec["config"])
+    config = workdir_lib.saved_config(spec["config"])
     experiment.enable_compilation_cache(config)
     results = train.train_and_evaluate(config, run_dir / "train")
     if results.get("preempted"):

@@ -22,6 +22,7 @@ import ml_collections
 
 from gpt2_jax import batch as batch_lib
 from gpt2_jax import checkpointing, files, sharding
+from gpt2_jax import workdir as workdir_lib
 from gpt2_jax.data import tokenizers
 from gpt2_jax.errors import CheckpointError, ConfigError
 from gpt2_jax.model import Transformer, TransformerConfig
@@ -89,7 +90,10 @@ def load(workdir: str | Path, mesh_config: Mapping[str, int] | None = None) -> R
             raise CheckpointError(f"{workdir} holds no run ({name} is missing); pass the --workdir of a training run")
     if not (workdir / "checkpoints").is_dir():
         raise CheckpointError(f"{workdir} has no checkpoint yet; train it first")
-    config = ml_collections.ConfigDict(files.read_json(workdir / "config.json", "the run's config"))
+    raw = files.read_json(workdir / "config.json", "the run's config")
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+        raise CheckpointError(f"{workdir / 'config.json'} is not a run's config; restore it from the run")
+    config = workdir_lib.saved_config(raw)
     cfg = TransformerConfig.from_config(config.model.to_dict())
     mesh = decode_mesh(config, mesh_config)
     abstract = abstract_params(cfg)

@@ -205,6 +205,10 @@ def validate(config) -> None:
     _one_of(o.schedule, SCHEDULES, "config.optimizer.schedule")
     _one_of(d.target_positions, ("continue", "restart"), "config.data.target_positions")
     _require(
+        all(0 < float(f) < 1 for f in d.eval_cuts),
+        f"config.data.eval_cuts must be fractions of the window in (0, 1), got {tuple(d.eval_cuts)}",
+    )
+    _require(
         o.decay_steps >= 0, f"config.optimizer.decay_steps must be >= 0 (0 = num_train_steps), got {o.decay_steps}"
     )
     for field in ("b1", "b2"):

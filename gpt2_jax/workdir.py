@@ -85,6 +85,28 @@ def config_differences(saved: dict, config_dict: dict, ignore: Collection[str] =
     ]
 
 
+def saved_config(saved: dict) -> ml_collections.ConfigDict:
+    """A config saved by a run or a sweep, with the fields added to the schema since then at their defaults.
+
+    A new field's default keeps the behaviour from before it existed (``configs/default.py``), so an older
+    run's config means today what it meant when it was saved.
+    """
+    from configs import default  # the one config schema
+
+    config = default.get_config()
+    with config.unlocked():
+        _overlay(config, saved)
+    return config
+
+
+def _overlay(config: ml_collections.ConfigDict, saved: dict) -> None:
+    for key, value in saved.items():
+        if isinstance(value, dict) and isinstance(config.get(key), ml_collections.ConfigDict):
+            _overlay(config[key], value)
+        else:
+            config[key] = value
+
+
 def check_workdir(workdir: Path, config_dict: dict, overwrite: bool) -> None:
     """Refuse a workdir that holds a run of another config (unless ``overwrite``, which clears it).
 

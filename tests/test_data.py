@@ -218,3 +218,18 @@ def test_a_synthetic_mixture_is_also_evaluated_per_operation(tmp_path):
     for source, target in splits["validation_reverse_sort"]:
         assert source.endswith("RS") and target == "".join(sorted(source[:-2]))
     assert synthetic.operation_splits("copy", splits["validation"]) == {}
+
+
+@pytest.mark.parametrize("arch", ["decoder_only", "prefix_lm", "encoder_decoder"])
+def test_continuations_are_scored_after_each_cut(tmp_path, arch):
+    config = tiny_config(arch, write_corpus(tmp_path), **{"data.eval_cuts": (0.25, 0.75)})  # 16 positions: cuts 4, 12
+    dataset = data.build(config)
+    splits = dataset.eval_splits
+    assert {"continuation_cut_4", "continuation_cut_12"} <= set(splits)
+    for cut in (4, 12):
+        batch = next(splits[f"continuation_cut_{cut}"]())
+        scored = batch["loss_weights"].sum(axis=1)
+        assert set(scored[scored > 0].tolist()) == {float(16 + 1 - cut)}, "the tokens after the cut, each once"
+    config.num_train_steps = 2
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    assert results["eval"]["continuation_cut_4"]["loss_tokens"] > results["eval"]["continuation_cut_12"]["loss_tokens"]

@@ -361,3 +361,17 @@ def test_resumed_metrics_keep_their_history_and_say_which_lines_they_drop(tmp_pa
     writer.close()
     assert [r["step"] for r in read_metrics(tmp_path)] == [5, 10, 11]
     assert "dropping line 4" in caplog.text
+
+
+def test_a_run_saved_before_newer_config_fields_loads_with_their_defaults(tmp_path):
+    _, workdir, _ = trained(tmp_path)
+    saved = json.loads((workdir / "config.json").read_text())
+    del saved["data"]["eval_cuts"], saved["data"]["target_positions"], saved["optimizer"]["schedule"]
+    (workdir / "config.json").write_text(json.dumps(saved))
+    run = runs.load(workdir)
+    assert (run.config.data.eval_cuts, run.config.data.target_positions, run.config.optimizer.schedule) == (
+        (),
+        "continue",
+        "cosine",
+    )
+    assert run.step == 10

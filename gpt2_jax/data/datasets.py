@@ -134,19 +134,29 @@ class TextDataset:
                     f"the {split} split of the corpus has {len(ids)} tokens, fewer than one context window of "
                     f"{self.window}; lower config.data.seq_len or use a longer corpus"
                 )
-        self.fixed_cut = min(max(round(float(d.cut_fraction) * self.seq_len), 1), self.seq_len)
+        self.fixed_cut = self._cut(float(d.cut_fraction))
+        self.eval_cuts = {fraction: self._cut(fraction) for fraction in d.eval_cuts}
+
+    def _cut(self, fraction: float) -> int:
+        """The prefix length of a window cut at ``fraction`` of the context (at least 1 token on each side)."""
+        return min(max(round(fraction * self.seq_len), 1), self.seq_len)
+
+    @property
+    def _any_cut(self) -> bool:
+        """Rows must hold a window cut anywhere (random cuts in training, or scores at several cuts)."""
+        return self.random_cut or bool(self.eval_cuts)
 
     @property
     def encoder_len(self) -> int:
         if self.objective != "lm":
             return self.seq_len
-        return self.seq_len if self.random_cut else self.fixed_cut
+        return self.seq_len if self._any_cut else self.fixed_cut
 
     @property
     def decoder_len(self) -> int:
         if self.arch != "encoder_decoder" or self.objective != "lm":
             return self.seq_len
-        return self.seq_len if self.random_cut else self.window - self.fixed_cut
+        return self.seq_len if self._any_cut else self.window - self.fixed_cut
 
     @property
     def max_len(self) -> int:
@@ -156,7 +166,7 @@ class TextDataset:
     def _full_rows(self) -> bool:
         """Rows without padding need no segment ids (causal attention then needs no mask tensor)."""
         if self.objective == "lm":
-            return self.arch != "encoder_decoder" or not self.random_cut
+            return self.arch != "encoder_decoder" or not self._any_cut
         return self.objective == "mlm"
 
     def _rows(self, windows: np.ndarray, cuts: np.ndarray, rng: np.random.Generator, loss: str | None = None) -> Batch:
@@ -201,9 +211,12 @@ class TextDataset:
             # scored the same way for every architecture (for all but a full-LM
             # decoder-only run it is the validation split itself).
             splits["continuation"] = lambda: self._eval_batches(loss="continuation")
+            # Continuations scored after prefixes of several lengths (data.eval_cuts), named by the prefix's tokens.
+            for cut in self.eval_cuts.values():
+                splits[f"continuation_cut_{cut}"] = lambda cut=cut: self._eval_batches("continuation", cut)
         return splits
 
-    def _eval_batches(self, loss: str | None = None) -> Iterator[Batch]:
+    def _eval_batches(self, loss: str | None = None, cut: int | None = None) -> Iterator[Batch]:
         """Full-LM and masked-LM windows tile the split so every token is scored once (the last window padded);
         cut-LM and span corruption score non-overlapping whole windows."""
         ids = self.eval_ids
@@ -223,7 +236,8 @@ class TextDataset:
                 windows[row, : len(piece)] = piece
                 valid[row, : len(piece)] = True
             # Padding rows are cut like the others; their loss is zeroed below.
-            batch = self._rows(windows, np.full(self.eval_batch_size, self.fixed_cut), rng, loss)
+            cuts = np.full(self.eval_batch_size, self.fixed_cut if cut is None else cut)
+            batch = self._rows(windows, cuts, rng, loss)
             yield self._mask_padding(batch, valid)
 
     def _mask_padding(self, batch: Batch, valid_BxW: np.ndarray) -> Batch:
