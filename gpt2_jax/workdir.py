@@ -189,5 +189,5 @@ def write_run_files(
     if jax.process_index() > 0:
         return
     files.write_json(workdir / "config.json", resolved_config(config, model_config))
-    files.write_json(workdir / "tokenizer.json", tokenizer.to_json())
+    tokenizers.save(tokenizer, workdir / "tokenizer.json")
     files.write_json(workdir / DATA_FILE, fingerprints)
