@@ -128,9 +128,9 @@ def check_workdir(workdir: Path, config_dict: dict, overwrite: bool) -> None:
             "use another --workdir, or pass --overwrite to delete that run and start over"
         )
     log.warning("overwriting the run in %s (%s)", workdir, "; ".join(diffs[:5]))
-    for name in ("checkpoints", "tensorboard"):
+    for name in ("checkpoints", "unreadable_checkpoints", "tensorboard"):
         shutil.rmtree(workdir / name, ignore_errors=True)
-    for name in ("metrics.jsonl", "results.json", "config.json", "tokenizer.json"):
+    for name in ("metrics.jsonl", "results.json", "config.json", "tokenizer.json", DATA_FILE):
         (workdir / name).unlink(missing_ok=True)
 
 
