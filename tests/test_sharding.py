@@ -232,7 +232,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("launcher", ["slurm", "flags"])
+# The flags launcher runs the same two-process training as SLURM's, set up by hand: in the slow suite.
+@pytest.mark.parametrize("launcher", ["slurm", pytest.param("flags", marks=pytest.mark.slow)])
 def test_two_processes_train_like_one_process_over_the_same_mesh(tmp_path, launcher):
     """The README's multi-host commands, as two processes on the local host.
 
