@@ -78,10 +78,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.seq_len = 64  # Context length: positions per row of each stack.
     config.data.train_fraction = 0.9  # text (and pairs without eval files): leading share used for training.
     # text: lm (windows cut into prefix and continuation), mlm (BERT, encoder_only),
-    # span_corruption (T5); auto = mlm for encoder_only, else lm.  Paired data is always seq2seq.
+    # span_corruption (T5), mixture (see mixture_full_lm_share); auto = mlm for encoder_only, else lm.
+    # Paired data is always seq2seq.
     config.data.objective = "auto"
     config.data.cut_fraction = 0.5  # lm: prefix share of each window (eval always cuts here).
     config.data.random_cut = False  # lm: draw the cut uniformly per training window (T5's "arbitrary cut").
+    # objective="mixture" (text): random cuts, and this share of training rows cut after their first token, so
+    # that they carry a full-LM loss (UL2's mixture of denoisers, reduced to prefix-LM + full LM).
+    config.data.mixture_full_lm_share = 0.5
     # lm: also score the continuation after cuts at these fractions of the context, e.g. (0.125, 0.25, 0.5, 0.75,
     # 0.875): eval splits continuation_cut_<prefix tokens> in results.json.
     config.data.eval_cuts = ()

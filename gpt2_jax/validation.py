@@ -19,7 +19,7 @@ from gpt2_jax.optim import SCHEDULES
 LOSS_IMPLS = ("chunked", "fused")
 GELU_IMPLS = ("autodiff", "recompute")
 POSITIONALS = ("learned", "none", "rope", "t5_bias")
-OBJECTIVES = ("auto", "lm", "mlm", "span_corruption", "seq2seq")
+OBJECTIVES = ("auto", "lm", "mlm", "span_corruption", "seq2seq", "mixture")
 DECODER_ONLY_LOSSES = ("auto", "all", "continuation")
 
 
@@ -171,6 +171,10 @@ def validate(config) -> None:
             d.objective in ("auto", "seq2seq"),
             f"dataset {d.dataset!r} is paired data, trained as seq2seq; set config.data.objective='auto'",
         )
+    _require(
+        0.0 <= d.mixture_full_lm_share <= 1.0,
+        f"config.data.mixture_full_lm_share must be in [0, 1], got {d.mixture_full_lm_share}",
+    )
     _one_of(d.decoder_only_loss, DECODER_ONLY_LOSSES, "config.data.decoder_only_loss")
     _require(d.seq_len >= 2, f"config.data.seq_len must be >= 2, got {d.seq_len}")
     _require(0.0 < d.train_fraction < 1.0, f"config.data.train_fraction must be in (0, 1), got {d.train_fraction}")

@@ -233,3 +233,20 @@ def test_continuations_are_scored_after_each_cut(tmp_path, arch):
     config.num_train_steps = 2
     results = train.train_and_evaluate(config, tmp_path / "run")
     assert results["eval"]["continuation_cut_4"]["loss_tokens"] > results["eval"]["continuation_cut_12"]["loss_tokens"]
+
+
+@pytest.mark.parametrize("arch", ["prefix_lm", "encoder_decoder"])
+def test_the_mixture_objective_gives_a_share_of_rows_a_full_lm_loss(tmp_path, arch):
+    corpus = write_corpus(tmp_path)
+    shares = {}
+    for share in (0.0, 0.5, 1.0):
+        config = tiny_config(arch, corpus, **{"data.objective": "mixture", "data.mixture_full_lm_share": share})
+        config.batch_size = 64
+        batch = next(data.build(config).train_iterator())
+        scored = batch["loss_weights"].sum(axis=1)
+        full = scored == 16  # a row cut after its first token: every one of its 16 targets carries loss
+        shares[share] = full.mean()
+        if arch == "prefix_lm":
+            prefix = batch["bidirectional"].sum(axis=1)
+            assert np.all(prefix[full] == 1) and np.all(prefix[~full] > 1)
+    assert shares[1.0] == 1.0 and shares[0.0] < 0.2 and 0.25 < shares[0.5] < 0.75

@@ -114,17 +114,19 @@ class TextDataset:
         self.batch_size, self.eval_batch_size = config.batch_size, config.eval_batch_size
         self.seq_len = int(d.seq_len)
         self.tokenizer = tokenizer
-        self.objective = objective
-        self.random_cut = bool(d.random_cut)
+        # mixture (UL2's remedy): random-cut rows, a share of them cut after their first token (a full-LM row).
+        self.full_lm_share = float(d.mixture_full_lm_share) if objective == "mixture" else 0.0
+        self.objective = "lm" if objective == "mixture" else objective
+        self.random_cut = bool(d.random_cut) or objective == "mixture"
         self.mask_rate = float(d.mask_rate)
         self.density, self.mean_span = float(d.noise_density), float(d.mean_noise_span_length)
         self.loss = loss
         self.target_positions = d.target_positions
         self.train_ids = tokenizer.encode(source.texts("train"))
         self.eval_ids = tokenizer.encode(source.texts("validation"))
-        if objective == "lm":
+        if self.objective == "lm":
             self.window = self.seq_len + 1
-        elif objective == "mlm":
+        elif self.objective == "mlm":
             self.window = self.seq_len
         else:
             self.window = objectives.span_corruption_window(self.seq_len, self.density, self.mean_span)
@@ -198,6 +200,8 @@ class TextDataset:
             cuts = rng.integers(1, self.seq_len + 1, size=self.batch_size)
         else:
             cuts = np.full(self.batch_size, self.fixed_cut)
+        if self.full_lm_share:
+            cuts = np.where(rng.random(self.batch_size) < self.full_lm_share, 1, cuts)
         return self._rows(windows, cuts, rng)
 
     def train_iterator(self, state: dict | None = None) -> StepIterator:
