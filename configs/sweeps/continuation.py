@@ -63,4 +63,7 @@ def get_sweep(variant: str = "cpu") -> Sweep:
             f"compute per window (T5's 'M': ED {layers}+{layers} ~ DO {layers}), steps, batch, windows and optimizer; "
             "the prefix objectives put loss on fewer tokens, as in Wang et al."
         ),
+        # FLOPs per example of a window cut in the middle (the encoder-decoder's rows are padded to the whole
+        # context for random cuts; that padding is not counted).
+        example_lengths=(base.data.seq_len // 2, base.data.seq_len - base.data.seq_len // 2 + 1),
     )
