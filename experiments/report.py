@@ -284,12 +284,11 @@ def plot(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> list[str]:
     return pictures
 
 
-def plot_tuning(records: list[dict], sweep: sweeps.Sweep, workdir: Path) -> str:
+def plot_tuning(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> str:
     """The tuning metric against the tuned axis's labels, one line per combination of the other axes."""
     plt = pyplot()
     metric = sweep.tune_metric or sweep.main_metric
     tune_labels = [label for axis, values in sweep.axes if axis == sweep.tune for label, _ in values]
-    rows = aggregate(records, sweep)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key in dict.fromkeys(_untuned(r["labels"], sweep) for r in rows):
         points = [
@@ -324,8 +323,8 @@ def write(workdir: Path, sweep: sweeps.Sweep) -> str:
         chooser = (sweep.tune_metric or sweep.main_metric).name
         md = table(tuned, sweep)
         parts += [f"## Each cell at its best {sweep.tune} (chosen on {chooser}, mean over seeds)", md]
+        pictures.append(plot_tuning(rows, sweep, workdir))  # every tuned label, not only the best
         rows = tuned
-        pictures.append(plot_tuning(records, sweep, workdir))
     parts += [
         "## Tests against the reference\n\n" + comparison_table(rows, sweep),
         *(f"![{p}]({p})" for p in pictures),

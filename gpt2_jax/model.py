@@ -397,6 +397,11 @@ class Transformer(nn.Module):
             return None
         return self.encoder_wpe if encoder else self.wpe
 
+    def _self_attention_kind(self) -> str:
+        """The main stack's mask kind (``masks.self_attention_mask``): causal, prefix or bidirectional."""
+        kinds = {"decoder_only": "causal", "encoder_decoder": "causal", "prefix_lm": "prefix"}
+        return kinds.get(self.cfg.arch, "bidirectional")
+
     def _relative_bias(
         self, encoder: bool, query_positions_BxL: Array, key_positions_BxS: Array, bidirectional: bool
     ) -> Array | None:
@@ -477,7 +482,7 @@ class Transformer(nn.Module):
             batch.get("input_vectors"),
         )
         seg = batch.get("segment_ids")
-        kind = {"decoder_only": "causal", "encoder_decoder": "causal", "prefix_lm": "prefix"}.get(arch, "bidirectional")
+        kind = self._self_attention_kind()
         if kind == "causal" and seg is None:
             mask = None  # no mask tensor: fused attention kernels skip the masked blocks
         else:
@@ -519,7 +524,8 @@ class Transformer(nn.Module):
         # A row's cache slot t holds its position t (prompts and continuations are written from slot 0).
         B, T = tokens_BxQ.shape[0], cache[0]["k"].shape[1]
         cache_positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-        bias = self._relative_bias(False, positions_BxQ, cache_positions_BxT, self.cfg.arch == "prefix_lm")
+        bidirectional = self._self_attention_kind() != "causal"
+        bias = self._relative_bias(False, positions_BxQ, cache_positions_BxT, bidirectional)
         new_cache = []
         for block, layer_cache, kv in zip(self.h, cache, kvs, strict=True):
             x, layer_cache = block(

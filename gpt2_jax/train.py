@@ -133,6 +133,8 @@ class Trainer:
         try:
             self._restore(overwrite, accept_data_change)
         except BaseException:
+            if hasattr(self, "ckpt"):
+                self.ckpt.close()
             self.lock.release()
             raise
 

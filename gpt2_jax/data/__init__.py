@@ -93,10 +93,11 @@ def build(config):
         files = sources.corpus_files(d.corpus, d.data_dir, cache)
         source = sources.text_corpus(files, d.train_fraction, cache)
         train_text = source.texts("train")
-        alphabet_text = train_text + source.texts("validation") if d.tokenizer == "char" else train_text
+        validation_text = source.texts("validation")
+        alphabet_text = train_text + validation_text if d.tokenizer == "char" else train_text
         tokenizer = tokenizers.build(d, alphabet_text, cache)
         dataset = datasets.TextDataset(config, source, tokenizer, objective(config), decoder_only_loss(config))
-        return _fingerprinted(dataset, train_text, source.texts("validation"))
+        return _fingerprinted(dataset, train_text, validation_text)
     if d.dataset in PAIRED_DATASETS:
         splits = paired_splits(config, cache)
         fit = splits if d.tokenizer == "char" else {"train": splits["train"]}
