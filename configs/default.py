@@ -118,7 +118,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.icl = ml_collections.ConfigDict()
     config.data.icl.dim = 8  # Dimension d of x.
     config.data.icl.num_examples = 20  # (x, w.x) pairs in the context.
-    config.data.icl.num_queries = 10  # Queries per sequence (each is one row).
+    config.data.icl.num_queries = 10  # Queries after the context of a sequence, each with loss (Ding et al.'s layout).
+    config.data.icl.x_distribution = "uniform"  # x ~ U(-1, 1)^d (Ding et al.) | normal (N(0, I), Garg et al.).
     config.data.icl.noise = 0.0  # Std of Gaussian noise added to y.
     config.data.icl.num_train = 20000  # Training sequences.
     config.data.icl.num_eval = 500  # Validation sequences.
@@ -128,6 +129,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.facts = ml_collections.ConfigDict()
     config.data.facts.num_facts = 500  # Made-up (name, attribute) pairs, trained as "NAME is ATTR.".
     config.data.facts.seed = 0  # Generator seed.
+    # forward: train on "NAME is ATTR." only | both: also on "ATTR is NAME." (the control: reverse seen in training).
+    config.data.facts.directions = "forward"
 
     # --- Optimizer (AdamW, warmup + cosine decay or constant) ---------------------
     config.optimizer = ml_collections.ConfigDict()

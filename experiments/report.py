@@ -109,8 +109,7 @@ def aggregate(records: list[dict], sweep: sweeps.Sweep) -> list[dict]:
         row["flops"] = None
         try:
             row["params"] = row["params"] or sweeps.param_count(config, vocab)
-            if sweep.example_lengths[1]:
-                row["flops"] = sweeps.example_flops(config, sweep.example_lengths, vocab)
+            row["flops"] = sweep.flops_per_example(config, vocab)
         except Exception:
             pass
         row["loss_tokens"] = mean_std(_present(runs, "results.loss_tokens_seen"))[0]
@@ -219,7 +218,7 @@ def matching_table(sweep: sweeps.Sweep) -> str:
     for labels, overrides in sweep.cells():
         config = sweeps.apply(sweep.base, overrides)
         p = sweeps.param_count(config)
-        f = sweeps.example_flops(config, sweep.example_lengths) if sweep.example_lengths[1] else math.nan
+        f = sweep.flops_per_example(config) or math.nan
         ref = ref or (p, f)
         lines.append(
             f"| {' / '.join(labels.values())} | {p:,} | {p / ref[0]:.2f} | {f / 1e6:.2f}M | {f / ref[1]:.2f} |"
@@ -310,6 +309,28 @@ def plot_tuning(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> str:
     return "tuning.png"
 
 
+def plot_curve(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> str:
+    """``sweep.curve``: each cell's metric at every point (mean ± std over seeds)."""
+    plt = pyplot()
+    curve = sweep.curve
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        points = [(x, *row[m.name]) for x, m in curve.points if not math.isnan(row[m.name][0])]
+        if points:
+            xs, means, stds = zip(*points, strict=True)
+            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=" / ".join(row["labels"].values()))
+    metric = curve.points[0][1]
+    ax.set_xlabel(curve.x_label)
+    better = " (higher is better)" if metric.higher_is_better else " (lower is better)"
+    ax.set_ylabel(metric.name.split(" at ")[0] + better)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(workdir / curve.file, dpi=120)
+    plt.close(fig)
+    return curve.file
+
+
 def write(workdir: Path, sweep: sweeps.Sweep) -> str:
     """Write ``report.md`` and the plots; return the table."""
     records = collect(workdir)
@@ -325,6 +346,8 @@ def write(workdir: Path, sweep: sweeps.Sweep) -> str:
         parts += [f"## Each cell at its best {sweep.tune} (chosen on {chooser}, mean over seeds)", md]
         pictures.append(plot_tuning(rows, sweep, workdir))  # every tuned label, not only the best
         rows = tuned
+    if sweep.curve:
+        pictures.append(plot_curve(rows, sweep, workdir))
     parts += [
         "## Tests against the reference\n\n" + comparison_table(rows, sweep),
         *(f"![{p}]({p})" for p in pictures),

@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import itertools
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,15 @@ class Metric:
 
 
 @dataclasses.dataclass
+class Curve:
+    """A report plot of metrics measured at several points of one quantity (e.g. bits/char against the cut)."""
+
+    x_label: str
+    points: list[tuple[float, Metric]]  # (x, the metric measured there)
+    file: str = "curve.png"
+
+
+@dataclasses.dataclass
 class Sweep:
     name: str
     hypothesis: str
@@ -49,6 +59,8 @@ class Sweep:
     metrics: list[Metric]
     matched: str  # what the comparison holds equal (parameters, FLOPs, tokens, ...)
     example_lengths: tuple[int, int] = (0, 0)  # mean (prefix, continuation) tokens of one example
+    # Or per cell, from its config (a sweep whose cells read different data).
+    example_lengths_of: Callable[[ml_collections.ConfigDict], tuple[int, int]] | None = None
     decode: list[str] = dataclasses.field(default_factory=list)  # splits to decode and score (BLEU)
     # What the report tests each cell against: {axis: label}; by default the first label of the last axis
     # other than the tuned one.
@@ -57,6 +69,12 @@ class Sweep:
     # label whose tune_metric (a validation metric; default the main metric) has the best mean over seeds.
     tune: str = ""
     tune_metric: Metric | None = None
+    curve: Curve | None = None  # drawn per cell (mean ± std over seeds); its metrics are reported too
+
+    def flops_per_example(self, config: ml_collections.ConfigDict, vocab_size: int = 0) -> float | None:
+        """Training FLOPs of one example of a cell's config (None when the sweep does not say its lengths)."""
+        lengths = self.example_lengths_of(config) if self.example_lengths_of else self.example_lengths
+        return example_flops(config, lengths, vocab_size) if lengths[1] else None
 
     def reference_labels(self) -> dict[str, str]:
         if self.reference:
@@ -67,6 +85,8 @@ class Sweep:
     def report_metrics(self) -> list[Metric]:
         """The metrics a report reads: the table's, and the one that tunes ``tune``."""
         extra = [self.tune_metric] if self.tune_metric and self.tune_metric not in self.metrics else []
+        if self.curve:
+            extra += [m for _, m in self.curve.points if m not in self.metrics]
         return [*self.metrics, *extra]
 
     @property
@@ -153,9 +173,9 @@ def example_flops(config: ml_collections.ConfigDict, lengths: tuple[int, int], v
     prefix, continuation = lengths
     if cfg.arch == "encoder_decoder":
         return flops.train_flops(cfg, continuation, prefix)
-    if cfg.arch == "encoder_only":
-        return flops.train_flops(cfg, prefix + continuation)
-    return flops.train_flops(cfg, prefix + continuation - 1)
+    # Token rows are shifted by one (input i predicts token i + 1); real-valued rows and encoders are not.
+    shifted = cfg.arch != "encoder_only" and not cfg.vector_dim
+    return flops.train_flops(cfg, prefix + continuation - shifted)
 
 
 def param_count(config: ml_collections.ConfigDict, vocab_size: int = 0) -> int:

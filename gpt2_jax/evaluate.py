@@ -28,7 +28,9 @@ from gpt2_jax.generation import complete
 _SPLIT = flags.DEFINE_string("split", "validation", "Split to evaluate (validation, test, test_ood, ...).")
 _BEAM = flags.DEFINE_integer("beam_size", 0, "Beam search width (0 = greedy).")
 _ALPHA = flags.DEFINE_float("alpha", 0.6, "Beam search length penalty.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "Longest output.")
+_MAX_NEW = flags.DEFINE_integer(
+    "max_new_tokens", None, "Longest output (default: as long as the positions after a source allow)."
+)
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Sources decoded together.")
 _LIMIT = flags.DEFINE_integer("limit", 0, "Evaluate only the first N examples (0 = all).")
 
@@ -38,7 +40,7 @@ def decode_split(
     split: str,
     beam_size: int = 0,
     alpha: float = 0.6,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     batch_size: int = 64,
     limit: int = 0,
 ) -> dict:

@@ -17,7 +17,7 @@ from gpt2_jax import checkpointing, flops, losses, optim, sharding, validation
 from gpt2_jax import data as data_lib
 from gpt2_jax.errors import CheckpointError, ConfigError
 from gpt2_jax.model import Transformer, TransformerConfig
-from gpt2_jax.steps import TrainState, eval_step, train_step
+from gpt2_jax.steps import TrainState, answer_log_likelihoods, eval_step, train_step
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,27 @@ class Experiment:
             sums = self.eval_step(params, self.place(host_batch))
             total = sums if total is None else jax.tree.map(jnp.add, total, sums)
         return losses.summarize(jax.device_get(total))
+
+    def rank_answers(self, params, split: str) -> dict[str, float]:
+        """Where the right answer ranks among every candidate answer by log-likelihood (1 = first; ties share).
+
+        For datasets with ``ranking_questions`` (the reversal-curse facts):
+        Berglund et al.'s comparison of the right answer's likelihood with
+        every other one's.
+        """
+        score = jax.jit(functools.partial(answer_log_likelihoods, model=self.model))
+        ranks = []
+        for batch, right in self.data.ranking_questions(split):
+            ll = np.asarray(score(params, batch))
+            ranks.append(1 + np.sum(ll > ll[right]) + 0.5 * (np.sum(ll == ll[right]) - 1))
+        ranks, candidates = np.array(ranks, np.float64), len(ranks)
+        return {
+            "rank_mean": float(ranks.mean()),
+            "rank_median": float(np.median(ranks)),
+            "top1": float(np.mean(ranks == 1)),
+            "chance_rank_mean": (candidates + 1) / 2,
+            "candidates": candidates,
+        }
 
     def num_params(self) -> tuple[int, int]:
         """(all parameters, embedding parameters)."""

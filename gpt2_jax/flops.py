@@ -103,6 +103,27 @@ def forward_flops(cfg: TransformerConfig, decoder_len: int, encoder_len: int = 0
     return float(flops + head + read_in)
 
 
+def cached_flops(cfg: TransformerConfig, new_len: int, keys: int, encoder_len: int = 0, logits_at: int = 1) -> float:
+    """Forward FLOPs of ``new_len`` positions run against a key/value cache of ``keys`` positions.
+
+    A prefill of ``P`` tokens is ``(P, P)``, one decoding step at context
+    ``c`` is ``(1, c)``.  Encoder-decoder steps also attend over
+    ``encoder_len`` encoder positions, whose keys/values :func:`encode_flops`
+    counts.  The output layer runs at ``logits_at`` positions.
+    """
+    D, F = cfg.emb_dim, cfg.mlp_dim
+    per_layer = 2 * new_len * D * 3 * D + 4 * new_len * keys * D + 2 * new_len * D * D + 2 * 2 * new_len * D * F
+    if cfg.arch == "encoder_decoder":
+        per_layer += 2 * new_len * D * D + 4 * new_len * encoder_len * D + 2 * new_len * D * D
+    return float(cfg.num_layers * per_layer + 2 * logits_at * cfg.table_rows * D)
+
+
+def encode_flops(cfg: TransformerConfig, encoder_len: int) -> float:
+    """An encoder over ``encoder_len`` positions, plus every decoder layer's cross-attention keys/values of it."""
+    D, F, S = cfg.emb_dim, cfg.mlp_dim, encoder_len
+    return float(cfg.num_encoder_layers * _self_attention_block(S, D, F, False) + cfg.num_layers * 2 * S * D * 2 * D)
+
+
 def train_flops(cfg: TransformerConfig, decoder_len: int, encoder_len: int = 0, causal_halved: bool = False) -> float:
     """Training FLOPs of one example (forward + backward = 3x forward)."""
     return 3.0 * forward_flops(cfg, decoder_len, encoder_len, causal_halved)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from absl import logging
 
 from gpt2_jax import decoding, sharding
 from gpt2_jax.data import PAIRED_DATASETS
@@ -30,36 +31,48 @@ def check_decoding_args(
         raise UserError(f"beam_size={beam_size}: must be between 1 and the vocabulary's {vocab} tokens (0 = no beam)")
 
 
-def decode_inputs(run: Run, texts: list[str], max_new_tokens: int, rows: int = 0) -> tuple[dict[str, np.ndarray], int]:
-    """Token inputs for decoding ``texts`` with ``run``, and how many tokens fit after the longest prompt.
-
-    Sources get the separator that training put after them.  ``rows`` pads
-    the batch with copies of the first text (their outputs are dropped), so
-    that every batch of an evaluation has the same shape.  Padding a prompt
-    to a shared width never takes room from the new tokens.
-    """
-    tok, max_len = run.tokenizer, run.model.cfg.max_len
+def _prompt_ids(run: Run, texts: list[str], rows: int) -> list[np.ndarray]:
+    """Token ids of every text (sources with training's separator), padded to ``rows`` with copies of the first."""
+    tok = run.tokenizer
     paired = run.config.data.dataset in PAIRED_DATASETS
-    ids = [np.concatenate([tok.encode(t), [tok.sep_id]]) if paired else tok.encode(t) for t in texts]
-    ids += [ids[0]] * max(0, rows - len(ids))
-    if run.arch == "encoder_decoder":
-        return decoding.encoder_inputs(ids, tok.pad_id, tok.bos_id, BUCKET), min(max_new_tokens, max_len)
-    if run.arch not in ("decoder_only", "prefix_lm"):
-        raise UserError(f"a {run.arch!r} run does not generate text left to right")
+    ids = [np.concatenate([tok.encode(t), [tok.sep_id]]) if paired else np.asarray(tok.encode(t)) for t in texts]
     if any(len(i) == 0 for i in ids):
         raise UserError("a prompt is empty: give at least one character (the default prompt is a newline)")
+    return ids + [ids[0]] * max(0, rows - len(ids))
+
+
+def _window_inputs(run: Run, ids: list[np.ndarray], max_new_tokens: int) -> tuple[dict[str, np.ndarray], int]:
+    """Decoder inputs of prompts that fit the window, and how many new tokens fit after the longest (at most
+    ``max_new_tokens``).  Padding a prompt to a shared width never takes room from the new tokens."""
+    max_len = run.model.cfg.max_len
+    if run.arch == "encoder_decoder":
+        return decoding.encoder_inputs(ids, run.tokenizer.pad_id, run.tokenizer.bos_id, BUCKET), min(
+            max_new_tokens, max_len
+        )
     longest = max(len(i) for i in ids)
-    room = max_len - longest
-    if room < 1:
-        raise UserError(f"the prompt is {longest} tokens long and the model has {max_len} positions; shorten it")
-    n = min(max_new_tokens, room)
-    return decoding.pad_prompts(ids, tok.pad_id, BUCKET, max_width=max_len - n), n
+    n = min(max_new_tokens, max_len - longest)
+    return decoding.pad_prompts(ids, run.tokenizer.pad_id, BUCKET, max_width=max_len - n), n
+
+
+def _decode(run: Run, inputs: dict[str, np.ndarray], n: int, beam_size: int, alpha: float, sampling: dict, key):
+    """``(tokens [B, n], lengths [B])`` of one decoding call on the run's mesh."""
+    eos = run.tokenizer.eos_id
+    inputs = sharding.place_rows(inputs, run.mesh)
+    if beam_size:
+        search = sharding.traced_on(run.mesh, decoding.beam_search)
+        out = search(
+            run.params, inputs, model=run.model, max_new_tokens=n, eos_id=eos, beam_size=beam_size, alpha=alpha
+        )
+    else:
+        generate = sharding.traced_on(run.mesh, decoding.generate)
+        out = generate(run.params, inputs, key, model=run.model, max_new_tokens=n, eos_id=eos, **sampling)
+    return sharding.to_host(out[0]), sharding.to_host(out[1])
 
 
 def complete(
     run: Run,
     texts: list[str],
-    max_new_tokens: int,
+    max_new_tokens: int | None,
     temperature: float = 0.0,
     top_k: int = 0,
     top_p: float = 1.0,
@@ -70,35 +83,67 @@ def complete(
 ) -> list[str]:
     """Continue (or translate) every text; returns the generated text without the stop token.
 
-    Decoding runs on the run's mesh (see :mod:`gpt2_jax.runs`): rows split
-    over its batch axes when they divide, heads over ``tensor``.
+    Text runs generate past their window (greedy and sampling): once the
+    context is full, the last half of it is prefilled again (re-encoded by an
+    encoder-decoder, a new bidirectional prefix for a prefix-LM) and
+    generation goes on, as nanoGPT crops its context.  A prompt longer than
+    the window is read from its last positions, with a warning.  Beam search
+    and sequence-to-sequence runs decode within one window: a
+    sequence-to-sequence output ends at the decoder's positions
+    (``max_new_tokens=None``: as long as they allow), and asking beam search
+    for more than fits is an error.  Decoding runs on the run's mesh (see
+    :mod:`gpt2_jax.runs`): rows split over its batch axes when they divide,
+    heads over ``tensor``.
     """
-    check_decoding_args(run, max_new_tokens, temperature, top_k, top_p, beam_size)
-    inputs, n = decode_inputs(run, texts, max_new_tokens, rows)
+    max_len = run.model.cfg.max_len
+    check_decoding_args(run, 1 if max_new_tokens is None else max_new_tokens, temperature, top_k, top_p, beam_size)
+    if run.arch not in ("decoder_only", "prefix_lm", "encoder_decoder"):
+        raise UserError(f"a {run.arch!r} run does not generate text left to right")
+    ids = _prompt_ids(run, texts, rows)
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    key = jax.random.PRNGKey(seed)
     eos = run.tokenizer.eos_id
-    inputs = sharding.place_rows(inputs, run.mesh)
+    if run.config.data.dataset in PAIRED_DATASETS:
+        longest = max(len(i) for i in ids)
+        if longest > max_len or (run.arch != "encoder_decoder" and longest >= max_len):
+            raise UserError(f"a source is {longest} tokens long and the model has {max_len} positions; shorten it")
+        room = max_len if run.arch == "encoder_decoder" else max_len - longest
+        if max_new_tokens is not None and max_new_tokens > room:
+            logging.warning("outputs end at %d tokens, the positions this run has after its sources", room)
+        inputs, n = _window_inputs(run, ids, min(max_new_tokens or room, room))
+        tokens, lengths = _decode(run, inputs, n, beam_size, alpha, sampling, key)
+        return [_text(run, row[:length], eos) for row, length in zip(tokens, lengths, strict=True)][: len(texts)]
+    if max_new_tokens is None:
+        raise UserError("a language-model run needs max_new_tokens: it can generate past its window")
+    # A window holds at most max_len - 1 context tokens (decoder) or max_len source tokens (encoder).
+    context_cap = max_len if run.arch == "encoder_decoder" else max_len - 1
+    longest = max(len(i) for i in ids)
+    if longest > context_cap:
+        logging.warning("a prompt is %d tokens long; the model reads its last %d (its window)", longest, context_cap)
     if beam_size:
-        search = sharding.traced_on(run.mesh, decoding.beam_search)
-        tokens, lengths = search(
-            run.params, inputs, model=run.model, max_new_tokens=n, eos_id=eos, beam_size=beam_size, alpha=alpha
-        )
-    else:
-        generate = sharding.traced_on(run.mesh, decoding.generate)
-        tokens, lengths = generate(
-            run.params,
-            inputs,
-            jax.random.PRNGKey(seed),
-            model=run.model,
-            max_new_tokens=n,
-            eos_id=eos,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-        )
-    tokens, lengths = sharding.to_host(tokens), sharding.to_host(lengths)
-    out = []
-    for row, length in zip(tokens[: len(texts)], lengths[: len(texts)], strict=True):
-        ids = row[:length]
-        ids = ids[:-1] if length and ids[-1] == eos else ids
-        out.append(run.tokenizer.decode(ids))
-    return out
+        room = max_len if run.arch == "encoder_decoder" else max_len - min(longest, context_cap)
+        if max_new_tokens > room:
+            raise UserError(
+                f"beam search decodes within one window: at most {room} new tokens after this prompt, not "
+                f"{max_new_tokens}; lower max_new_tokens, or decode greedily or by sampling, which slide the window"
+            )
+    contexts, outputs = [list(i) for i in ids], [[] for _ in ids]
+    done = np.zeros(len(ids), bool)
+    remaining, cap, keep = max_new_tokens, context_cap, max(1, max_len // 2)
+    while remaining > 0 and not done.all():
+        inputs, n = _window_inputs(run, [np.asarray(c[-cap:]) for c in contexts], remaining)
+        key, sub = jax.random.split(key)
+        tokens, lengths = _decode(run, inputs, n, beam_size, alpha, sampling, sub)
+        for i in np.flatnonzero(~done):
+            new = [int(t) for t in tokens[i, : lengths[i]]]
+            contexts[i] += new
+            outputs[i] += new
+            done[i] = eos in new
+        remaining, cap = remaining - n, keep  # from here on the window slides
+    return [_text(run, out, eos) for out in outputs[: len(texts)]]
+
+
+def _text(run: Run, ids, eos: int) -> str:
+    """Generated ids as text, without the stop token."""
+    ids = list(ids)
+    return run.tokenizer.decode(ids[:-1] if ids and ids[-1] == eos else ids)

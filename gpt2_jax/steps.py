@@ -96,3 +96,10 @@ def eval_step(params, batch: dict[str, jax.Array], *, model: Transformer) -> dic
         correct = (predictions == batch["target_tokens"]).astype(jnp.float32)
         sums.update(losses.exact_match(correct, batch["loss_weights"], batch.get("segment_ids")))
     return sums
+
+
+def answer_log_likelihoods(params, batch: dict[str, jax.Array], *, model: Transformer) -> jax.Array:
+    """Each row's log-likelihood of its weighted target tokens ``[B]`` (to rank candidate answers)."""
+    logits_BxLxV = model.apply({"params": params}, batch)
+    nll_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["target_tokens"])
+    return -(nll_BxL * batch["loss_weights"]).sum(axis=-1)

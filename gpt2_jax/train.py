@@ -285,6 +285,9 @@ class Trainer:
             if split != "validation":
                 splits[split] = exp.evaluate(self.state.params, split)
                 self.writer.write(total, f"eval_{split}", splits[split])
+        if hasattr(exp.data, "ranking_questions"):
+            for split in ("validation", "reverse"):
+                splits[split] = dict(splits[split], ranking=exp.rank_answers(self.state.params, split))
         num_params, num_emb = exp.num_params()
         results = {
             "arch": exp.model_config.arch,

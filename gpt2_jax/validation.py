@@ -208,6 +208,8 @@ def validate(config) -> None:
     _require(o.warmup_steps >= 0, f"config.optimizer.warmup_steps must be >= 0, got {o.warmup_steps}")
     _one_of(o.schedule, SCHEDULES, "config.optimizer.schedule")
     _one_of(d.target_positions, ("continue", "restart"), "config.data.target_positions")
+    _one_of(d.icl.x_distribution, ("uniform", "normal"), "config.data.icl.x_distribution")
+    _one_of(d.facts.directions, ("forward", "both"), "config.data.facts.directions")
     _require(
         all(0 < float(f) < 1 for f in d.eval_cuts),
         f"config.data.eval_cuts must be fractions of the window in (0, 1), got {tuple(d.eval_cuts)}",

@@ -100,19 +100,52 @@ def test_in_context_regression_is_linear_per_sequence():
         np.testing.assert_allclose(xs[cfg.num_examples :] @ w, ys[cfg.num_examples :], atol=1e-3)
 
 
+@pytest.mark.parametrize("distribution", ["uniform", "normal"])
+def test_zero_predictor_mse_is_the_second_moment_of_y(distribution):
+    x, y = synthetic.regression_sequences(4000, 6, 5, 5, 0.5, 0, distribution)
+    if distribution == "uniform":
+        assert x.min() >= -1 and x.max() <= 1
+    expected = synthetic.zero_predictor_mse(6, 0.5, distribution)  # 6/3 + 0.25 or 6 + 0.25
+    assert abs(float(np.mean(y**2)) / expected - 1) < 0.03
+    with pytest.raises(DataError, match="x_distribution"):
+        synthetic.regression_sequences(2, 6, 5, 5, 0.0, 0, "laplace")
+
+
 @pytest.mark.parametrize("arch", ["decoder_only", "prefix_lm", "encoder_decoder"])
-def test_regression_dataset_puts_loss_on_the_query_only(arch):
-    config = tiny_config(arch, **{"data.dataset": "icl_regression", "data.icl.num_train": 64})
+def test_regression_rows_hold_a_whole_sequence_with_loss_on_every_query(arch):
+    overrides = {"data.dataset": "icl_regression", "data.icl.num_train": 64, "data.icl.num_eval": 7}
+    overrides |= {"data.icl.num_examples": 5, "data.icl.num_queries": 3, "eval_batch_size": 4}
+    config = tiny_config(arch, **overrides)
     ds = data.build(config)
     b = next(ds.train_iterator())
-    assert b["loss_weights"].sum() == config.batch_size
-    assert b["input_vectors"].shape[-1] == config.data.icl.dim + 1 == ds.vector_dim
+    x, y = ds.splits["train"]
+    B, k, q, d = config.batch_size, 5, 3, config.data.icl.dim
+    assert ds.vector_dim == d + 1 and ds.max_len == k + q
+    # Which training sequence each row holds: its first context x.
+    first = b["encoder_input_vectors" if arch == "encoder_decoder" else "input_vectors"][:, 0, :d]
+    seq = [int(np.flatnonzero(np.all(x[:, 0] == row, axis=1))[0]) for row in first]
+    if arch == "encoder_decoder":
+        np.testing.assert_array_equal(b["encoder_input_vectors"][:, :, :d], x[seq, :k])
+        np.testing.assert_array_equal(b["encoder_input_vectors"][:, :, d], y[seq, :k])
+        queries, targets, weights = b["input_vectors"], b["target_values"], b["loss_weights"]
+        assert queries.shape == (B, q, d + 1)
+    else:
+        rows = b["input_vectors"]
+        assert rows.shape == (B, k + q, d + 1)
+        np.testing.assert_array_equal(rows[:, :k, d], y[seq, :k])
+        queries, targets, weights = rows[:, k:], b["target_values"][:, k:], b["loss_weights"][:, k:]
+        assert b["loss_weights"][:, :k].sum() == 0, "no loss on the context"
+    np.testing.assert_array_equal(queries[:, :, :d], x[seq, k:])
+    assert np.all(queries[:, :, d] == 0), "every query's y is hidden"
+    np.testing.assert_array_equal(targets, y[seq, k:])
+    assert np.all(weights == 1)
     if arch == "prefix_lm":
-        assert b["bidirectional"][0].tolist() == [1] * config.data.icl.num_examples + [0]
-    if arch != "encoder_decoder":
-        assert np.all(b["input_vectors"][:, -1, -1] == 0), "the query's y is hidden"
+        assert b["bidirectional"][0].tolist() == [1] * k + [0] * q
+    # Evaluation: every query of every sequence once, padding rows without weight (7 sequences in batches of 4).
     batches = list(ds.eval_splits["validation"]())
-    assert sum(b["loss_weights"].sum() for b in batches) == config.data.icl.num_eval * config.data.icl.num_queries
+    assert len(batches) == 2
+    assert sum(b["loss_weights"].sum() for b in batches) == 7 * q
+    assert set(ds.eval_splits) == {"validation", "test"}
 
 
 def test_facts_forward_and_reverse_views():
@@ -127,6 +160,27 @@ def test_facts_forward_and_reverse_views():
     mlm = data.build(tiny_config("encoder_only", **facts))
     tokens, hidden = mlm.examples["reverse"][0].masked_view
     assert tok.decode(tokens[hidden]) == name, "the masked LM fills in the name before 'is'"
+
+
+def test_facts_control_trains_both_directions_and_ranking_questions_hold_every_answer():
+    facts = {"data.dataset": "facts", "data.facts.num_facts": 6, "data.seq_len": 48}
+    forward = data.build(tiny_config("decoder_only", **facts))
+    both = data.build(tiny_config("decoder_only", **facts, **{"data.facts.directions": "both"}))
+    tok = forward.tokenizer
+    said = {tok.decode(s) for s in forward.statements}
+    assert len(said) == 6 and {tok.decode(s) for s in both.statements[:6]} == said
+    for statement in both.statements[6:]:
+        attr, name = tok.decode(statement)[:-1].split(" is ")
+        assert f"{name} is {attr}." in said, "the control adds every statement reversed"
+    for split in ("validation", "reverse"):
+        for question, (batch, right) in enumerate(forward.ranking_questions(split)):
+            assert right == question and batch["input_tokens"].shape[0] == 6
+            answers = [tok.decode(t[w > 0]) for t, w in zip(batch["target_tokens"], batch["loss_weights"], strict=True)]
+            truth = forward.examples[split][question]
+            assert answers[right] == tok.decode(truth.continuation)
+            assert len(set(answers)) == 6, "every fact's answer is one candidate"
+            asked = {tok.decode(t[: len(truth.prefix)]) for t in batch["input_tokens"]}
+            assert asked == {tok.decode(truth.prefix)}, "every row asks the same question"
 
 
 def test_packed_iterator_restores_exactly():

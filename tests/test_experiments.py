@@ -12,11 +12,14 @@ import time
 import types
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from experiments import report, sweeps
-from gpt2_jax import flops
-from gpt2_jax.model import TransformerConfig
+from experiments import generation_cost, report, sweeps
+from gpt2_jax import decoding, flops
+from gpt2_jax.model import Transformer, TransformerConfig
 from tests.helpers import REPO, write_corpus
 
 ARCHS = ("decoder_only", "prefix_lm", "encoder_decoder", "encoder_only")
@@ -315,3 +318,76 @@ def test_profile_step_attributes_the_step_time_to_matmuls_attention_and_loss(tmp
         assert per_category[category] > 0, (category, per_category)
     assert sum(per_category.values()) == pytest.approx(sum(per_op.values()))
     assert (tmp_path / "compiled_hlo.txt").read_text() == runner.hlo_text
+
+
+def _xla_flops(fn, *args) -> float:
+    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+    return float((analysis[0] if isinstance(analysis, list) else analysis)["flops"])
+
+
+@pytest.mark.parametrize("arch", ["decoder_only", "encoder_decoder"])
+def test_generation_flop_formulas_within_ten_percent_of_xla(arch):
+    """A prefill, a cached step and an encoding, each against XLA's count of the compiled program."""
+    cfg = TransformerConfig(
+        arch=arch, vocab_size=300, num_layers=2, num_encoder_layers=2, num_heads=4, emb_dim=64, mlp_dim=256, max_len=96
+    )
+    model, params = Transformer(cfg), flops.abstract_params(cfg, 8, 8)
+    S, T = 48, 96
+    encoder = decoding.encoder_inputs([np.ones(S, np.int32)], 0, 1)
+    encoder.pop("bos_id")
+    encoded = jnp.zeros((1, S, cfg.emb_dim))
+    ed = arch == "encoder_decoder"
+    cross = (
+        jax.eval_shape(lambda p: model.apply({"params": p}, encoded, method=Transformer.cross_kv), params)
+        if ed
+        else None
+    )
+    cross_mask = jnp.ones((1, 1, 1, S), bool) if ed else None
+
+    def cached(q: int):
+        def run(p, cache, cross):
+            tokens = jnp.zeros((1, q), jnp.int32)
+            positions = jnp.arange(q, dtype=jnp.int32)[None]
+            mask = jnp.ones((1, 1, q, T), bool)
+            at = jnp.array([q - 1])
+            return model.apply(
+                {"params": p},
+                tokens,
+                positions,
+                mask,
+                cache,
+                jnp.zeros(1, jnp.int32),
+                cross,
+                cross_mask,
+                at,
+                method=Transformer.cached_forward,
+            )
+
+        return _xla_flops(run, params, decoding.init_cache(cfg, 1, T), cross)
+
+    for q in (1, 64):
+        ours = flops.cached_flops(cfg, q, T, encoder_len=S if ed else 0)
+        assert abs(ours / cached(q) - 1) < 0.10, (q, ours, cached(q))
+    if ed:
+
+        def encode(p, batch):
+            return model.apply(
+                {"params": p}, model.apply({"params": p}, batch, method=Transformer.encode), method=Transformer.cross_kv
+            )
+
+        xla = _xla_flops(encode, params, encoder)
+        assert abs(flops.encode_flops(cfg, S) / xla - 1) < 0.10, (flops.encode_flops(cfg, S), xla)
+
+
+def test_generation_cost_counts_the_recomputed_context():
+    """Per generated token, the prefix-LM and the encoder-decoder pay for reprocessing the context every turn."""
+    costs = {
+        arch: generation_cost.conversation_flops(generation_cost.model_config(arch, 1152, 2, 128), 1024, 4, 32) / 128
+        for arch in generation_cost.ARCHS
+    }
+    cfg = generation_cost.model_config("decoder_only", 1152, 2, 128)
+    prefill = flops.cached_flops(cfg, 1024, 1024)
+    assert costs["decoder_only"] == pytest.approx(
+        (prefill + sum(flops.cached_flops(cfg, 1, 1024 + j + 1) for j in range(128))) / 128
+    )
+    assert costs["prefix_lm"] > 3 * costs["decoder_only"] and costs["encoder_decoder"] > 3 * costs["decoder_only"]

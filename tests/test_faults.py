@@ -215,13 +215,12 @@ def test_bad_decoding_arguments_are_refused(small_run, overrides, message):
     assert message in str(error.value)
 
 
-def test_the_room_for_new_tokens_is_the_context_less_the_real_prompt(small_run):
+def test_padding_never_takes_room_from_new_tokens_and_a_full_window_slides_on(small_run):
     max_len = small_run.model.cfg.max_len
-    prompt = (TEXT * 2)[: max_len - 14]  # 50 characters of a 64-position model
-    out = generation.complete(small_run, [prompt], max_new_tokens=100, temperature=0.0)[0]
-    assert 0 < len(out) <= 14
-    with pytest.raises(UserError, match=f"the prompt is {max_len} tokens long and the model has {max_len} positions"):
-        generation.complete(small_run, [(TEXT * 2)[:max_len]], max_new_tokens=5)
+    prompt = (TEXT * 2)[: max_len - 14]  # 50 characters of a 64-position model: 14 new tokens fit in one window
+    first_window = generation.complete(small_run, [prompt], max_new_tokens=14, temperature=0.0)[0]
+    sliding = generation.complete(small_run, [prompt], max_new_tokens=100, temperature=0.0)[0]
+    assert sliding.startswith(first_window)
     with pytest.raises(UserError, match="a prompt is empty"):
         generation.complete(small_run, [""], max_new_tokens=5)
 

@@ -6,17 +6,20 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from gpt2_jax import checkpointing, runs, scores, train
-from gpt2_jax.data import paired_splits, paths
-from gpt2_jax.errors import CheckpointError, ConfigError
+from gpt2_jax import batch as batch_lib
+from gpt2_jax import checkpointing, experiment, runs, scores, train
+from gpt2_jax.data import paired_splits, paths, tokenizers
+from gpt2_jax.errors import CheckpointError, ConfigError, UserError
 from gpt2_jax.evaluate import decode_split, language_model_scores
 from gpt2_jax.experiment import Experiment
 from gpt2_jax.generation import complete
-from tests.helpers import REPO, small_copy_config, tiny_config, write_corpus
+from gpt2_jax.model import Transformer
+from tests.helpers import REPO, TEXT, small_copy_config, tiny_config, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +147,75 @@ def test_bleu_and_chrf_of_a_reference_against_itself_are_100():
 def test_loading_a_directory_without_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="holds no run"):
         runs.load(tmp_path)
+
+
+def _random_run(arch: str, tmp_path) -> runs.Run:
+    """An untrained run whose logits have clear gaps (a scaled embedding) and whose specials are never chosen."""
+    config = tiny_config(arch, **{"data.seq_len": 32})
+    tokenizer = tokenizers.CharTokenizer(TEXT)
+    cfg = experiment.model_config(config, tokenizer.vocab_size, 32)
+    model = Transformer(cfg)
+    params = model.init(jax.random.PRNGKey(1), batch_lib.dummy(arch, 1, 8, 8))["params"]
+    table = params["wte"]["embedding"] * 40.0
+    params["wte"]["embedding"] = table.at[: tokenizer.num_specials].set(0.0)
+    return runs.Run(tmp_path, config, model, params, tokenizer, 0, runs.decode_mesh(config))
+
+
+def _greedy_full_forward(run: runs.Run, prompt: list[int], new_tokens: int) -> list[int]:
+    """Greedy decoding by the full forward pass, one window at a time, on the schedule ``complete`` documents:
+    the first window holds the prompt, each later one the last half of the window's positions."""
+    model, max_len = run.model, run.model.cfg.max_len
+    ed = run.arch == "encoder_decoder"
+    cap, keep, context, out = (max_len if ed else max_len - 1), max_len // 2, list(prompt), []
+
+    def padded(ids: list[int]) -> jnp.ndarray:
+        return jnp.asarray([ids + [0] * (max_len - len(ids))], jnp.int32)
+
+    positions = jnp.arange(max_len, dtype=jnp.int32)[None]
+    forward = jax.jit(lambda batch: model.apply({"params": run.params}, batch))
+    while len(out) < new_tokens:
+        window = context[-cap:]
+        room = max_len if ed else max_len - len(window)
+        new: list[int] = []
+        for _ in range(min(new_tokens - len(out), room)):
+            if ed:
+                valid = (jnp.arange(max_len) < len(window)).astype(jnp.int32)[None]
+                batch = {
+                    "encoder_input_tokens": padded(window),
+                    "encoder_positions": positions,
+                    "encoder_segment_ids": valid,
+                    "input_tokens": padded([run.tokenizer.bos_id, *new]),
+                    "positions": positions,
+                }
+                at = len(new)
+            else:
+                batch = {"input_tokens": padded(window + new), "positions": positions}
+                if run.arch == "prefix_lm":
+                    batch["bidirectional"] = (jnp.arange(max_len) < len(window)).astype(jnp.int32)[None]
+                at = len(window) + len(new) - 1
+            new.append(int(jnp.argmax(forward(batch)[0, at])))
+        context, out, cap = context + new, out + new, keep
+    return out
+
+
+@pytest.mark.parametrize("arch", ["decoder_only", "prefix_lm", "encoder_decoder"])
+def test_generation_slides_past_the_window_as_the_full_forward_pass_does(arch, tmp_path):
+    """70 new tokens from a 32-position model: the window is prefilled again (a new bidirectional prefix for the
+    prefix-LM, a new source for the encoder-decoder) and the output equals full-forward greedy decoding."""
+    run = _random_run(arch, tmp_path)
+    prompt = "First Citizen:\n"
+    want = run.tokenizer.decode(_greedy_full_forward(run, list(run.tokenizer.encode(prompt)), 70))
+    got = complete(run, [prompt, "All:"], 70, temperature=0.0)
+    assert len(want) == 70 and got[0] == want
+    assert len(got[1]) == 70, "a shorter prompt in the same batch"
+
+
+def test_beam_search_refuses_more_than_one_window_and_long_prompts_are_cropped(tmp_path, caplog):
+    run = _random_run("decoder_only", tmp_path)
+    with pytest.raises(UserError, match="beam search decodes within one window: at most 17 new tokens"):
+        complete(run, ["First Citizen:\n"], 18, beam_size=2)
+    assert len(complete(run, ["First Citizen:\n"], 17, beam_size=2)[0]) <= 17
+    long_prompt = TEXT[:50]
+    want = complete(run, [long_prompt[-31:]], 5)
+    assert complete(run, [long_prompt], 5) == want
+    assert "a prompt is 50 tokens long; the model reads its last 31" in caplog.text

@@ -28,6 +28,11 @@ Batch = dict[str, np.ndarray]
 EvalSplits = dict[str, Callable[[], Iterator[Batch]]]
 
 
+def cut_tokens(fraction: float, seq_len: int) -> int:
+    """The prefix length of a window cut at ``fraction`` of the context (at least 1 token on each side)."""
+    return min(max(round(fraction * seq_len), 1), seq_len)
+
+
 class StepIterator:
     """Batches that are a pure function of ``(seed, step)``; the state is the next step."""
 
@@ -140,8 +145,7 @@ class TextDataset:
         self.eval_cuts = {fraction: self._cut(fraction) for fraction in d.eval_cuts}
 
     def _cut(self, fraction: float) -> int:
-        """The prefix length of a window cut at ``fraction`` of the context (at least 1 token on each side)."""
-        return min(max(round(fraction * self.seq_len), 1), self.seq_len)
+        return cut_tokens(fraction, self.seq_len)
 
     @property
     def _any_cut(self) -> bool:
@@ -330,10 +334,14 @@ class FactsDataset(PairedDataset):
     """Reversal curse (Berglund et al. 2023; Wu et al. 2024): learn "NAME is ATTR." and answer both ways.
 
     Training rows hold the statements (causal LM loss on every token for
-    decoder-only, masking of ``mask_rate`` of the tokens for encoder-only).
-    Evaluation asks every fact forward (split ``validation``: ``NAME is`` ->
-    ``ATTR``) and in reverse (split ``reverse``): a causal model completes
-    ``ATTR is`` -> ``NAME``, a masked LM fills ``[mask]... is ATTR.``.
+    decoder-only, masking of ``mask_rate`` of the tokens for encoder-only);
+    with ``data.facts.directions = "both"`` (the control) also every
+    statement reversed, "ATTR is NAME.".  Evaluation asks every fact forward
+    (split ``validation``: ``NAME is`` -> ``ATTR``) and in reverse (split
+    ``reverse``): a causal model completes ``ATTR is`` -> ``NAME``, a masked
+    LM fills ``[mask]... is ATTR.``.  :meth:`ranking_questions` asks the same
+    questions as a choice among every fact's answer (Berglund et al.'s
+    likelihood comparison).
     """
 
     def __init__(self, config, facts: list[tuple[str, str]], tokenizer: Tokenizer):
@@ -344,28 +352,50 @@ class FactsDataset(PairedDataset):
         self.mask_rate = float(d.mask_rate)
         enc = tokenizer.encode
         is_, dot = enc(" is "), enc(".")
-        self.statements = [np.concatenate([enc(n), is_, enc(a), dot]) for n, a in facts]
-        if self.arch == "encoder_only":
-            forward = [self._masked(enc(n), is_, enc(a), dot, answer="right") for n, a in facts]
-            reverse = [self._masked(enc(n), is_, enc(a), dot, answer="left") for n, a in facts]
-        else:
-            forward = [Example(np.concatenate([enc(n), is_]), np.concatenate([enc(a), dot])) for n, a in facts]
-            reverse = [Example(np.concatenate([enc(a), is_]), np.concatenate([enc(n), dot])) for n, a in facts]
-        self.examples = {"validation": forward, "reverse": reverse}
+        self.names, self.attributes = [enc(n) for n, _ in facts], [enc(a) for _, a in facts]
+        self.is_, self.dot = is_, dot
+        self.statements = [np.concatenate([n, is_, a, dot]) for n, a in zip(self.names, self.attributes, strict=True)]
+        if d.facts.directions == "both":
+            self.statements += [
+                np.concatenate([a, is_, n, dot]) for n, a in zip(self.names, self.attributes, strict=True)
+            ]
+        self.examples = {
+            split: [self._question(split, i, i) for i in range(len(facts))] for split in ("validation", "reverse")
+        }
         longest = max(len(s) for s in self.statements)
         if longest > self.seq_len:
             raise DataError(f"facts need config.data.seq_len >= {longest}, got {self.seq_len}")
         self.max_len = self.seq_len
 
-    @staticmethod
-    def _masked(name, is_, attr, dot, answer: str) -> Example:
-        tokens = np.concatenate([name, is_, attr, dot])
-        hidden = np.zeros(len(tokens), bool)
-        if answer == "right":
-            hidden[len(name) + len(is_) : len(tokens) - len(dot)] = True
+    def _question(self, split: str, fact: int, answer: int) -> Example:
+        """Fact ``fact`` asked forward (``validation``) or in reverse, with fact ``answer``'s answer as the target."""
+        name, attr = self.names[fact], self.attributes[fact]
+        if self.arch != "encoder_only":
+            if split == "validation":
+                return Example(np.concatenate([name, self.is_]), np.concatenate([self.attributes[answer], self.dot]))
+            return Example(np.concatenate([attr, self.is_]), np.concatenate([self.names[answer], self.dot]))
+        # A masked LM reads the statement with the asked part masked (it holds the candidate answer as its target).
+        if split == "validation":
+            tokens = np.concatenate([name, self.is_, self.attributes[answer], self.dot])
+            hidden = np.zeros(len(tokens), bool)
+            hidden[len(name) + len(self.is_) : len(tokens) - len(self.dot)] = True
         else:
-            hidden[: len(name)] = True
+            tokens = np.concatenate([self.names[answer], self.is_, attr, self.dot])
+            hidden = np.zeros(len(tokens), bool)
+            hidden[: len(self.names[answer])] = True
         return Example(tokens[:0], tokens[:0], masked_view=(tokens, hidden))
+
+    def ranking_questions(self, split: str) -> Iterator[tuple[Batch, int]]:
+        """Every question of ``split`` with every fact's answer as a candidate: ``(batch, right row)`` per question.
+
+        Row ``j`` of a question's batch holds candidate answer ``j``; scoring
+        each row's log-likelihood of its target ranks the right answer among
+        all of them.
+        """
+        n = len(self.names)
+        for fact in range(n):
+            rows = [self._question(split, fact, answer) for answer in range(n)]
+            yield objectives.convert(rows, self.arch, self.tokenizer, n, self.seq_len), fact
 
     def _train_batch(self, step: int) -> Batch:
         rng = np.random.default_rng([self.seed, step])
@@ -389,13 +419,14 @@ class FactsDataset(PairedDataset):
 
 
 class RegressionDataset:
-    """In-context linear regression (Ding et al. 2023): predict ``w.x`` of a query from ``(x, w.x)`` examples.
+    """In-context linear regression in Ding et al.'s (2023) layout: predict ``w.x`` of every query.
 
-    Each row is one sequence's ``k`` context pairs ``z_i = (x_i, y_i)`` followed
-    by one of its queries ``(x_q, 0)``; the model reads the vectors and is
-    trained with squared error on the query's ``y``.  The prefix-LM sees the
-    context both ways, the causal LM only left to right; the encoder-decoder
-    encodes the context and decodes the query.
+    A row is one sequence: its ``k`` context pairs ``z_i = (x_i, y_i)``, then
+    its ``q`` queries ``(x_j, 0)``, with squared-error loss on every query's
+    ``y``.  The prefix-LM sees the context both ways, the causal LM left to
+    right; the encoder-decoder encodes the context and decodes the queries.
+    Queries attend to the context and to earlier queries (which carry ``x``
+    only, independent of ``w``); Ding et al. keep queries independent.
     """
 
     def __init__(self, config, splits: dict[str, tuple[np.ndarray, np.ndarray]], tokenizer: Tokenizer):
@@ -406,42 +437,45 @@ class RegressionDataset:
         self.tokenizer = tokenizer
         self.splits = splits
         self.vector_dim = splits["train"][0].shape[-1] + 1
-        self.max_len = self.k + 1
+        self.max_len = self.k + self.q
 
-    def _rows(self, x: np.ndarray, y: np.ndarray, seq: np.ndarray, query: np.ndarray, valid: np.ndarray) -> Batch:
-        B, k = len(seq), self.k
+    def _rows(self, x: np.ndarray, y: np.ndarray, seq: np.ndarray, valid: np.ndarray) -> Batch:
+        """Rows ``[B, k + q]`` (encoder-decoder: ``[B, k]`` encoder, ``[B, q]`` decoder) of sequences ``seq``."""
+        B, k, q = len(seq), self.k, self.q
         context = np.concatenate([x[seq, :k], y[seq, :k, None]], axis=-1)  # [B, k, d+1]
-        q_index = k + query
-        x_q = x[seq, q_index]
-        query_vec = np.concatenate([x_q, np.zeros((B, 1), np.float32)], axis=-1)[:, None]  # [B, 1, d+1]
-        target = y[seq, q_index]
+        queries = np.concatenate([x[seq, k:], np.zeros((B, q, 1), np.float32)], axis=-1)  # [B, q, d+1]
+        targets = y[seq, k:]  # [B, q]
         rows_valid = valid[:, None].astype(np.int32)
+
+        def arange(n: int) -> np.ndarray:
+            return np.broadcast_to(np.arange(n, dtype=np.int32), (B, n)).copy()
+
         if self.arch == "encoder_decoder":
             return {
                 "encoder_input_vectors": context.astype(np.float32),
                 "encoder_input_tokens": np.zeros((B, k), np.int32),
-                "encoder_positions": np.broadcast_to(np.arange(k, dtype=np.int32), (B, k)).copy(),
+                "encoder_positions": arange(k),
                 "encoder_segment_ids": np.repeat(rows_valid, k, axis=1),
-                "input_vectors": query_vec.astype(np.float32),
-                "input_tokens": np.zeros((B, 1), np.int32),
-                "target_tokens": np.zeros((B, 1), np.int32),
-                "target_values": target[:, None].astype(np.float32),
-                "loss_weights": rows_valid.astype(np.float32),
-                "positions": np.zeros((B, 1), np.int32),
-                "segment_ids": rows_valid,
+                "input_vectors": queries.astype(np.float32),
+                "input_tokens": np.zeros((B, q), np.int32),
+                "target_tokens": np.zeros((B, q), np.int32),
+                "target_values": targets.astype(np.float32),
+                "loss_weights": np.repeat(rows_valid, q, axis=1).astype(np.float32),
+                "positions": arange(q),
+                "segment_ids": np.repeat(rows_valid, q, axis=1),
             }
-        L = k + 1
+        L = k + q
         weights = np.zeros((B, L), np.float32)
-        weights[:, k] = valid
+        weights[:, k:] = valid[:, None]
         values = np.zeros((B, L), np.float32)
-        values[:, k] = target
+        values[:, k:] = targets
         out = {
-            "input_vectors": np.concatenate([context, query_vec], axis=1).astype(np.float32),
+            "input_vectors": np.concatenate([context, queries], axis=1).astype(np.float32),
             "input_tokens": np.zeros((B, L), np.int32),
             "target_tokens": np.zeros((B, L), np.int32),
             "target_values": values,
             "loss_weights": weights,
-            "positions": np.broadcast_to(np.arange(L, dtype=np.int32), (B, L)).copy(),
+            "positions": arange(L),
             "segment_ids": np.repeat(rows_valid, L, axis=1),
         }
         if self.arch == "prefix_lm":
@@ -452,22 +486,17 @@ class RegressionDataset:
         rng = np.random.default_rng([self.seed, step])
         x, y = self.splits["train"]
         seq = rng.integers(0, len(x), size=self.batch_size)
-        query = rng.integers(0, self.q, size=self.batch_size)
-        return self._rows(x, y, seq, query, np.ones(self.batch_size, bool))
+        return self._rows(x, y, seq, np.ones(self.batch_size, bool))
 
     def train_iterator(self, state: dict | None = None) -> StepIterator:
         return StepIterator(self._train_batch, state)
 
     def _eval_batches(self, split: str) -> Iterator[Batch]:
         x, y = self.splits[split]
-        pairs = np.array([(i, j) for i in range(len(x)) for j in range(self.q)])
-        for first in range(0, len(pairs), self.eval_batch_size):
-            chunk = pairs[first : first + self.eval_batch_size]
-            valid = np.zeros(self.eval_batch_size, bool)
-            valid[: len(chunk)] = True
-            padded = np.zeros((self.eval_batch_size, 2), int)
-            padded[: len(chunk)] = chunk
-            yield self._rows(x, y, padded[:, 0], padded[:, 1], valid)
+        for first in range(0, len(x), self.eval_batch_size):
+            seq = np.arange(first, first + self.eval_batch_size)
+            valid = seq < len(x)
+            yield self._rows(x, y, np.where(valid, seq, 0), valid)
 
     @property
     def eval_splits(self) -> EvalSplits:

@@ -116,26 +116,40 @@ def transduction_splits(cfg) -> dict[str, list[tuple[str, str]]]:
 
 
 def regression_sequences(
-    num: int, dim: int, num_examples: int, num_queries: int, noise: float, seed: int
+    num: int, dim: int, num_examples: int, num_queries: int, noise: float, seed: int, x_distribution: str = "uniform"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """In-context linear regression: ``x [num, n, dim] ~ N(0, I)``, ``y = w.x (+ noise)`` with ``w ~ N(0, I)`` per row.
+    """In-context linear regression: ``x [num, n, dim]``, ``y = w.x (+ noise)`` with ``w ~ N(0, I)`` per row.
 
+    ``x ~ U(-1, 1)^dim`` (Ding et al. 2023) or ``N(0, I)`` (Garg et al. 2022).
     ``n = num_examples + num_queries``: the first ``num_examples`` pairs are
     the context, the rest are queries whose ``y`` the model predicts.
     """
     rng = np.random.default_rng(seed)
     n = num_examples + num_queries
-    x = rng.standard_normal((num, n, dim)).astype(np.float32)
+    if x_distribution == "uniform":
+        x = rng.uniform(-1.0, 1.0, (num, n, dim)).astype(np.float32)
+    elif x_distribution == "normal":
+        x = rng.standard_normal((num, n, dim)).astype(np.float32)
+    else:
+        raise DataError(f"config.data.icl.x_distribution must be 'uniform' or 'normal', got {x_distribution!r}")
     w = rng.standard_normal((num, dim)).astype(np.float32)
     y = np.einsum("bnd,bd->bn", x, w) + noise * rng.standard_normal((num, n))
     return x, y.astype(np.float32)
 
 
+def zero_predictor_mse(dim: int, noise: float, x_distribution: str) -> float:
+    """``E[y^2]``, the error of always predicting 0: ``d/3 + noise^2`` under U(-1, 1), ``d + noise^2`` under N(0, 1)."""
+    second_moment = {"uniform": 1.0 / 3.0, "normal": 1.0}[x_distribution]
+    return dim * second_moment + noise**2
+
+
 def regression_splits(cfg) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """train / validation (choosing learning rates) / test (reported), each from its own seed."""
     args = (cfg.dim, cfg.num_examples, cfg.num_queries, cfg.noise)
     return {
-        "train": regression_sequences(cfg.num_train, *args, cfg.seed),
-        "validation": regression_sequences(cfg.num_eval, *args, cfg.seed + 1),
+        "train": regression_sequences(cfg.num_train, *args, cfg.seed, cfg.x_distribution),
+        "validation": regression_sequences(cfg.num_eval, *args, cfg.seed + 1, cfg.x_distribution),
+        "test": regression_sequences(cfg.num_eval, *args, cfg.seed + 2, cfg.x_distribution),
     }
 
 
