@@ -36,9 +36,11 @@ from configs import default
 from gpt2_jax import attention, flops, optim, steps, validation
 from gpt2_jax.model import Transformer, TransformerConfig
 
+# The decoder-only step with the three opt-in paths that pay on CPUs (docs/performance.md).
+CPU_PATHS = "decoder_only:block_causal@loss_impl=fused@gelu_impl=recompute"
 _ARCHS = flags.DEFINE_list(
     "archs",
-    ["decoder_only", "prefix_lm", "encoder_decoder"],
+    ["decoder_only", CPU_PATHS, "prefix_lm", "encoder_decoder"],
     "Runners of ours to time: `arch[:impl][@field=value...]`, e.g. decoder_only:xla or "
     "decoder_only:block_causal@loss_impl=fused@remat=true (attention implementation, model config fields).",
 )

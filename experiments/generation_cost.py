@@ -117,6 +117,8 @@ def measure(arch: str, context: int, turns: int, turn_tokens: int, repeats: int,
     if arch == "encoder_decoder":
         dummy |= decoding.encoder_inputs([np.ones(8, np.int32)], 0, 1)
         dummy.pop("bos_id")
+    if arch == "prefix_lm":
+        dummy["bidirectional"] = np.ones((1, 8), np.int32)
     params = jax.jit(Transformer(cfg).init)(jax.random.PRNGKey(0), dummy)["params"]
     ids = np.random.default_rng(0).integers(8, cfg.vocab_size, context).astype(np.int32)
     converse(cfg, params, ids, turns, turn_tokens)  # compiles every shape of the conversation

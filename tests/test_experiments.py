@@ -391,3 +391,11 @@ def test_generation_cost_counts_the_recomputed_context():
         (prefill + sum(flops.cached_flops(cfg, 1, 1024 + j + 1) for j in range(128))) / 128
     )
     assert costs["prefix_lm"] > 3 * costs["decoder_only"] and costs["encoder_decoder"] > 3 * costs["decoder_only"]
+
+
+def test_generation_cost_runs_every_conversation_and_writes_its_report(tmp_path):
+    rows = [generation_cost.measure(arch, 16, 2, 4, 1, 1, 64) for arch in generation_cost.ARCHS]
+    assert all(r["tokens_per_s"] > 0 and r["flops_per_token"] > 0 for r in rows)
+    generation_cost.write_report(rows, tmp_path, "a test")
+    report = (tmp_path / "report.md").read_text()
+    assert "| 16 |" in report and (tmp_path / "generation_cost.png").stat().st_size > 0
