@@ -391,6 +391,12 @@ def test_generation_cost_counts_the_recomputed_context():
         (prefill + sum(flops.cached_flops(cfg, 1, 1024 + j + 1) for j in range(128))) / 128
     )
     assert costs["prefix_lm"] > 3 * costs["decoder_only"] and costs["encoder_decoder"] > 3 * costs["decoder_only"]
+    last = {
+        arch: generation_cost.turn_flops(generation_cost.model_config(arch, 1152, 2, 128), 1024, 3, 32)
+        for arch in generation_cost.ARCHS
+    }
+    assert last["decoder_only"] == sum(flops.cached_flops(cfg, 1, 1024 + 96 + j + 1) for j in range(32))
+    assert min(last["prefix_lm"], last["encoder_decoder"]) > 10 * last["decoder_only"], "a later turn only appends"
 
 
 def test_generation_cost_runs_every_conversation_and_writes_its_report(tmp_path):
