@@ -122,6 +122,7 @@ class Experiment:
             compiler_options=xla_options,
         )
         self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+        self.answer_log_likelihoods = jax.jit(functools.partial(answer_log_likelihoods, model=self.model))
 
     def _init_params(self, key: jax.Array) -> Any:
         return self.model.init({"params": key}, self._init_batch)["params"]
@@ -175,10 +176,9 @@ class Experiment:
         Berglund et al.'s comparison of the right answer's likelihood with
         every other one's.
         """
-        score = jax.jit(functools.partial(answer_log_likelihoods, model=self.model))
         ranks = []
         for batch, right in self.data.ranking_questions(split):
-            ll = np.asarray(score(params, batch))
+            ll = np.asarray(self.answer_log_likelihoods(params, batch))
             ranks.append(1 + np.sum(ll > ll[right]) + 0.5 * (np.sum(ll == ll[right]) - 1))
         ranks, candidates = np.array(ranks, np.float64), len(ranks)
         return {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from absl import logging
@@ -54,7 +56,9 @@ def _window_inputs(run: Run, ids: list[np.ndarray], max_new_tokens: int) -> tupl
     return decoding.pad_prompts(ids, run.tokenizer.pad_id, BUCKET, max_width=max_len - n), n
 
 
-def _decode(run: Run, inputs: dict[str, np.ndarray], n: int, beam_size: int, alpha: float, sampling: dict, key):
+def _decode(
+    run: Run, inputs: dict[str, np.ndarray], n: int, *, beam_size: int, alpha: float, sampling: dict, key
+) -> tuple[np.ndarray, np.ndarray]:
     """``(tokens [B, n], lengths [B])`` of one decoding call on the run's mesh."""
     eos = run.tokenizer.eos_id
     inputs = sharding.place_rows(inputs, run.mesh)
@@ -95,26 +99,46 @@ def complete(
     :mod:`gpt2_jax.runs`): rows split over its batch axes when they divide,
     heads over ``tensor``.
     """
-    max_len = run.model.cfg.max_len
     check_decoding_args(run, 1 if max_new_tokens is None else max_new_tokens, temperature, top_k, top_p, beam_size)
     if run.arch not in ("decoder_only", "prefix_lm", "encoder_decoder"):
         raise UserError(f"a {run.arch!r} run does not generate text left to right")
     ids = _prompt_ids(run, texts, rows)
-    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
-    key = jax.random.PRNGKey(seed)
-    eos = run.tokenizer.eos_id
+    decode = functools.partial(
+        _decode,
+        run,
+        beam_size=beam_size,
+        alpha=alpha,
+        sampling={"temperature": temperature, "top_k": top_k, "top_p": top_p},
+    )
     if run.config.data.dataset in PAIRED_DATASETS:
-        longest = max(len(i) for i in ids)
-        if longest > max_len or (run.arch != "encoder_decoder" and longest >= max_len):
-            raise UserError(f"a source is {longest} tokens long and the model has {max_len} positions; shorten it")
-        room = max_len if run.arch == "encoder_decoder" else max_len - longest
-        if max_new_tokens is not None and max_new_tokens > room:
-            logging.warning("outputs end at %d tokens, the positions this run has after its sources", room)
-        inputs, n = _window_inputs(run, ids, min(max_new_tokens or room, room))
-        tokens, lengths = _decode(run, inputs, n, beam_size, alpha, sampling, key)
-        return [_text(run, row[:length], eos) for row, length in zip(tokens, lengths, strict=True)][: len(texts)]
+        outputs = _within_one_window(run, ids, max_new_tokens, decode, jax.random.PRNGKey(seed))
+    else:
+        outputs = _sliding_window(run, ids, max_new_tokens, beam_size, decode, jax.random.PRNGKey(seed))
+    eos = run.tokenizer.eos_id
+    return [run.tokenizer.decode(out[:-1] if out and out[-1] == eos else out) for out in outputs[: len(texts)]]
+
+
+def _within_one_window(run: Run, ids: list[np.ndarray], max_new_tokens: int | None, decode, key) -> list[list[int]]:
+    """Outputs of sequence-to-sequence sources, which end at the positions the window has after them."""
+    max_len = run.model.cfg.max_len
+    longest = max(len(i) for i in ids)
+    if longest > max_len or (run.arch != "encoder_decoder" and longest >= max_len):
+        raise UserError(f"a source is {longest} tokens long and the model has {max_len} positions; shorten it")
+    room = max_len if run.arch == "encoder_decoder" else max_len - longest
+    if max_new_tokens is not None and max_new_tokens > room:
+        logging.warning("outputs end at %d tokens, the positions this run has after its sources", room)
+    inputs, n = _window_inputs(run, ids, min(max_new_tokens or room, room))
+    tokens, lengths = decode(inputs, n, key=key)
+    return [[int(t) for t in row[:length]] for row, length in zip(tokens, lengths, strict=True)]
+
+
+def _sliding_window(
+    run: Run, ids: list[np.ndarray], max_new_tokens: int | None, beam_size: int, decode, key
+) -> list[list[int]]:
+    """Continuations of text prompts, the window sliding by half its positions whenever it is full."""
     if max_new_tokens is None:
         raise UserError("a language-model run needs max_new_tokens: it can generate past its window")
+    max_len, eos = run.model.cfg.max_len, run.tokenizer.eos_id
     # A window holds at most max_len - 1 context tokens (decoder) or max_len source tokens (encoder).
     context_cap = max_len if run.arch == "encoder_decoder" else max_len - 1
     longest = max(len(i) for i in ids)
@@ -133,17 +157,11 @@ def complete(
     while remaining > 0 and not done.all():
         inputs, n = _window_inputs(run, [np.asarray(c[-cap:]) for c in contexts], remaining)
         key, sub = jax.random.split(key)
-        tokens, lengths = _decode(run, inputs, n, beam_size, alpha, sampling, sub)
+        tokens, lengths = decode(inputs, n, key=sub)
         for i in np.flatnonzero(~done):
             new = [int(t) for t in tokens[i, : lengths[i]]]
             contexts[i] += new
             outputs[i] += new
             done[i] = eos in new
         remaining, cap = remaining - n, keep  # from here on the window slides
-    return [_text(run, out, eos) for out in outputs[: len(texts)]]
-
-
-def _text(run: Run, ids, eos: int) -> str:
-    """Generated ids as text, without the stop token."""
-    ids = list(ids)
-    return run.tokenizer.decode(ids[:-1] if ids and ids[-1] == eos else ids)
+    return outputs
