@@ -185,6 +185,16 @@ def test_encoder_decoder_learns_in_context_regression_with_a_loss_on_every_query
     assert results["eval"]["test"]["loss"] < 0.1 * synthetic.zero_predictor_mse(1, 0.0, "uniform")
 
 
+def test_facts_train_and_report_exact_match_and_ranks_both_ways(tmp_path):
+    config = tiny_config("decoder_only", **{"data.dataset": "facts", "data.facts.num_facts": 8, "data.seq_len": 48})
+    config.num_train_steps = config.eval_every_steps = config.checkpoint_every_steps = 4
+    results = train.train_and_evaluate(config, tmp_path / "facts")
+    for split in ("validation", "reverse"):
+        assert 0 <= results["eval"][split]["exact_match"] <= 1
+        ranking = results["eval"][split]["ranking"]
+        assert 1 <= ranking["rank_mean"] <= 8 and ranking["candidates"] == 8 and ranking["chance_rank_mean"] == 4.5
+
+
 @pytest.mark.parametrize("arch", ["decoder_only", "encoder_only"])
 def test_answer_ranks_follow_each_candidates_loss(arch):
     """The batched ranking equals scoring each (question, candidate) alone with the model's loss."""

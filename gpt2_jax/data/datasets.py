@@ -349,6 +349,7 @@ class FactsDataset(PairedDataset):
         self.arch, self.seed = config.model.arch, config.seed
         self.batch_size, self.eval_batch_size = config.batch_size, config.eval_batch_size
         self.seq_len, self.pack, self.tokenizer, self.loss = int(d.seq_len), True, tokenizer, "continuation"
+        self.target_positions = d.target_positions
         self.mask_rate = float(d.mask_rate)
         enc = tokenizer.encode
         is_, dot = enc(" is "), enc(".")
