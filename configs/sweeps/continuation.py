@@ -22,7 +22,7 @@ English side of Multi30k's training captions, as one text corpus.
 
 CPU budget (``:cpu``): 5 cells x 3 learning rates x 3 seeds x 1,000 steps,
 about 3 hours on two cores.  ``:quick`` (200 steps, two learning rates, for a
-first look and the pipeline): about 40 minutes.
+first look and the pipeline): about 30 minutes.
 """
 
 import math
