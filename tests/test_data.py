@@ -81,7 +81,8 @@ def test_synthetic_tasks_are_deterministic_with_held_out_lengths():
     cfg.task, cfg.op_position, cfg.num_train, cfg.num_eval = "reverse,sort+shift", "last", 300, 50
     a, b = synthetic.transduction_splits(cfg), synthetic.transduction_splits(cfg)
     assert a == b
-    assert not {s for s, _ in a["train"]} & {s for s, _ in a["validation"]}
+    train, validation, test = ({s for s, _ in a[split]} for split in ("train", "validation", "test"))
+    assert len(test) == 50 and not train & validation and not train & test and not validation & test
     for source, target in a["train"]:
         body, op = (source[:-1], source[-1]) if source[-1] == "R" else (source[:-2], source[-2:])
         assert op in ("R", "SH")
@@ -208,7 +209,7 @@ def test_every_eval_example_is_scored_once():
     ds = data.build(config)
     batches = list(ds.eval_splits["validation"]())
     assert sum(int((b["segment_ids"].max(axis=1) > 0).sum()) for b in batches) == 37
-    assert set(ds.eval_splits) == {"validation", "test_ood"}
+    assert set(ds.eval_splits) == {"validation", "test", "test_ood"}
 
 
 @pytest.mark.parametrize(
@@ -264,9 +265,10 @@ def test_a_synthetic_mixture_is_also_evaluated_per_operation(tmp_path):
     config.data.synthetic.task, config.data.synthetic.op_position = "copy,reverse+sort", "last"
     config.data.synthetic.num_train, config.data.synthetic.num_eval = 64, 30
     splits = data.paired_splits(config, tmp_path)
-    assert {"validation_copy", "validation_reverse_sort"} <= set(splits)
-    per_op = splits["validation_copy"] + splits["validation_reverse_sort"]
-    assert sorted(per_op) == sorted(splits["validation"])
+    assert {"validation_copy", "validation_reverse_sort", "test_copy", "test_reverse_sort"} <= set(splits)
+    for split in ("validation", "test"):
+        per_op = splits[f"{split}_copy"] + splits[f"{split}_reverse_sort"]
+        assert sorted(per_op) == sorted(splits[split])
     for source, target in splits["validation_copy"]:
         assert source.endswith("C") and target == source[:-1]
     for source, target in splits["validation_reverse_sort"]:

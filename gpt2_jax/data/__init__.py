@@ -70,12 +70,13 @@ def paired_splits(config, cache: Path) -> dict[str, list[tuple[str, str]]]:
         if "validation" in files:
             return {split: source.pairs(split) for split in files}
         return _split_pairs(source.pairs("train"), d.train_fraction)
-    params = d.synthetic.to_dict()
+    params = {**d.synthetic.to_dict(), "splits": synthetic.TRANSDUCTION_SPLITS}
     source = sources.generated_pairs("synthetic", params, lambda: synthetic.transduction_splits(d.synthetic), cache)
     splits = {split: source.pairs(split) for split in source.splits}
-    # A mixture is also scored per operation: validation_copy, validation_reverse, ...
-    for name, pairs in synthetic.operation_splits(d.synthetic.task, splits["validation"]).items():
-        splits[f"validation_{name}"] = pairs
+    # A mixture is also scored per operation: validation_copy, test_copy, validation_reverse, ...
+    for split in ("validation", "test"):
+        for name, pairs in synthetic.operation_splits(d.synthetic.task, splits[split]).items():
+            splits[f"{split}_{name}"] = pairs
     return splits
 
 

@@ -101,14 +101,23 @@ def operation_splits(task: str, pairs: list[tuple[str, str]]) -> dict[str, list[
     return out
 
 
+# The splits transduction_splits makes; part of the prepared data's cache key, so that a change of them rebuilds it.
+TRANSDUCTION_SPLITS = ("train", "validation", "test", "test_ood")
+
+
 def transduction_splits(cfg) -> dict[str, list[tuple[str, str]]]:
-    """train / validation (same lengths, disjoint) / test_ood (held-out longer lengths, when configured)."""
+    """train / validation (choosing learning rates) / test (reported) at the same lengths, pairwise disjoint, and
+    test_ood (held-out longer lengths, when configured)."""
     args = (cfg.task, cfg.op_position, cfg.alphabet_size)
-    train = transduction_pairs(*args, (cfg.min_len, cfg.max_len), cfg.num_train, cfg.seed)
+    lengths = (cfg.min_len, cfg.max_len)
+    train = transduction_pairs(*args, lengths, cfg.num_train, cfg.seed)
     seen = {s for s, _ in train}
+    validation = transduction_pairs(*args, lengths, cfg.num_eval, cfg.seed + 1, seen)
+    seen |= {s for s, _ in validation}
     splits = {
         "train": train,
-        "validation": transduction_pairs(*args, (cfg.min_len, cfg.max_len), cfg.num_eval, cfg.seed + 1, seen),
+        "validation": validation,
+        "test": transduction_pairs(*args, lengths, cfg.num_eval, cfg.seed + 3, seen),
     }
     if cfg.ood_max_len > 0:
         splits["test_ood"] = transduction_pairs(*args, (cfg.ood_min_len, cfg.ood_max_len), cfg.num_eval, cfg.seed + 2)
