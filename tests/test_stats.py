@@ -114,3 +114,44 @@ def test_a_tuned_sweeps_report_has_the_tuned_table_and_the_tuning_plot(tmp_path,
     tuned_table = text.split("## Each cell at its best lr")[1].split("## Tests")[0]
     assert "| a | 3e-3 |" in tuned_table and "| b | 1e-3 |" in tuned_table and "| a | 1e-3 |" not in tuned_table
     assert (tmp_path / "tuning.png").stat().st_size > 0
+
+
+def test_a_sweeps_curve_is_drawn_from_each_cells_mean_at_every_point(tmp_path, monkeypatch):
+    sweep = sweeps.load(f"{tiny_sweep(tmp_path)}:ok")
+    points = [(x, sweeps.Metric(f"loss at {x}", f"results.eval.cut_{x}.loss", higher_is_better=False)) for x in (1, 2)]
+    sweep.curve, sweep.seeds = sweeps.Curve("cut", points, file="cut_curve.png"), [0, 1]
+    assert [m.name for m in sweep.report_metrics()][-2:] == ["loss at 1", "loss at 2"], "the curve's metrics are read"
+    records = [
+        {
+            "labels": {"model": model},
+            "seed": seed,
+            "status": {
+                "state": "done",
+                "results": {
+                    "final_eval_loss": 1.0,
+                    "num_params": 1,
+                    "eval": {f"cut_{x}": {"loss": base + x + seed} for x in (1, 2)},
+                },
+            },
+            "history": [],
+            "config": {},
+            "vocab_size": 0,
+        }
+        for model, base in (("a", 0.0), ("b", 10.0))
+        for seed in (0, 1)
+    ]
+    monkeypatch.setattr(report, "collect", lambda workdir: records)
+    drawn = {}
+    plt = report.pyplot()
+    real_errorbar = plt.Axes.errorbar
+
+    def errorbar(self, xs, means, **kwargs):
+        drawn[kwargs["label"]] = (list(xs), list(means), list(kwargs["yerr"]))
+        return real_errorbar(self, xs, means, **kwargs)
+
+    monkeypatch.setattr(plt.Axes, "errorbar", errorbar)
+    report.write(tmp_path, sweep)
+    assert drawn["a"] == ([1, 2], [1.5, 2.5], [pytest.approx(0.7071, abs=1e-4)] * 2)
+    assert drawn["b"][1] == [11.5, 12.5]
+    assert (tmp_path / "cut_curve.png").stat().st_size > 0
+    assert "![cut_curve.png](cut_curve.png)" in (tmp_path / "report.md").read_text()

@@ -141,11 +141,8 @@ class TextDataset:
                     f"the {split} split of the corpus has {len(ids)} tokens, fewer than one context window of "
                     f"{self.window}; lower config.data.seq_len or use a longer corpus"
                 )
-        self.fixed_cut = self._cut(float(d.cut_fraction))
-        self.eval_cuts = {fraction: self._cut(fraction) for fraction in d.eval_cuts}
-
-    def _cut(self, fraction: float) -> int:
-        return cut_tokens(fraction, self.seq_len)
+        self.fixed_cut = cut_tokens(float(d.cut_fraction), self.seq_len)
+        self.eval_cuts = {fraction: cut_tokens(fraction, self.seq_len) for fraction in d.eval_cuts}
 
     @property
     def _any_cut(self) -> bool:
