@@ -162,30 +162,35 @@ def table(rows: list[dict], sweep: sweeps.Sweep) -> str:
     return "\n".join(lines)
 
 
-def _untuned(labels: dict[str, str], sweep: sweeps.Sweep) -> tuple[str, ...]:
-    """A row's labels without the tuned axis: what identifies it once its best tuned label is chosen."""
-    return tuple(v for k, v in labels.items() if k != sweep.tune)
+def tuning_value(row: dict, sweep: sweeps.Sweep) -> tuple[float, float]:
+    """Mean and std of a row's tune metric over the seeds that choose the tuned label (all, without tune_seeds)."""
+    metric = sweep.tune_metric or sweep.main_metric
+    if not sweep.tune_seeds:
+        return row[metric.name]
+    return mean_std([v for seed, v in row["per_seed"][metric.name].items() if seed in sweep.tune_seeds])
 
 
 def tuned_rows(rows: list[dict], sweep: sweeps.Sweep) -> list[dict]:
-    """For each combination of the untuned axes, the row whose tune metric has the best mean over seeds."""
-    metric = sweep.tune_metric or sweep.main_metric
-    best: dict[tuple[str, ...], dict] = {}
+    """For each combination of the untuned axes, the row whose tune metric has the best mean over the tuning
+    seeds."""
+    better = max if (sweep.tune_metric or sweep.main_metric).higher_is_better else min
+    candidates: dict[tuple[str, ...], list[dict]] = defaultdict(list)
     for row in rows:
-        mean = row[metric.name][0]
-        if math.isnan(mean):
-            continue
-        key = _untuned(row["labels"], sweep)
-        held = best.get(key)
-        if held is None or (mean > held[metric.name][0] if metric.higher_is_better else mean < held[metric.name][0]):
-            best[key] = row
-    return [best[k] for k in dict.fromkeys(_untuned(r["labels"], sweep) for r in rows) if k in best]
+        if not math.isnan(tuning_value(row, sweep)[0]):
+            candidates[sweep.untuned(row["labels"])].append(row)
+    return [better(c, key=lambda row: tuning_value(row, sweep)[0]) for c in candidates.values()]
+
+
+def chosen_labels(workdir: Path, sweep: sweeps.Sweep) -> dict[tuple[str, ...], str]:
+    """The tuned label each combination of the untuned axes keeps, from the runs finished in ``workdir``."""
+    rows = tuned_rows(aggregate(collect(workdir), sweep), sweep)
+    return {sweep.untuned(row["labels"]): row["labels"][sweep.tune] for row in rows}
 
 
 def comparison_table(rows: list[dict], sweep: sweeps.Sweep) -> str:
     """The main metric of every row against its reference row: difference, 95% CI, p, and the seeds it would need."""
     metric = sweep.main_metric
-    by_labels = {_untuned(r["labels"], sweep): r for r in rows}
+    by_labels = {sweep.untuned(r["labels"]): r for r in rows}
     lines = [
         f"Each row's {metric.name} minus its reference row's; paired by seed where both ran the same seeds, else "
         f"Welch. Significant at p < {stats.ALPHA}. Seeds for power: per cell, for an 80% chance to detect a "
@@ -195,7 +200,7 @@ def comparison_table(rows: list[dict], sweep: sweeps.Sweep) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        ref = by_labels.get(_untuned({**row["labels"], **sweep.reference_labels()}, sweep))
+        ref = by_labels.get(sweep.untuned({**row["labels"], **sweep.reference_labels()}))
         if ref is None or ref is row:
             continue
         c = stats.compare(row["per_seed"][metric.name], ref["per_seed"][metric.name])
@@ -284,16 +289,17 @@ def plot(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> list[str]:
 
 
 def plot_tuning(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> str:
-    """The tuning metric against the tuned axis's labels, one line per combination of the other axes."""
+    """The tuning metric against the tuned axis's labels, one line per combination of the other axes (over the
+    tuning seeds)."""
     plt = pyplot()
     metric = sweep.tune_metric or sweep.main_metric
     tune_labels = [label for axis, values in sweep.axes if axis == sweep.tune for label, _ in values]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key in dict.fromkeys(_untuned(r["labels"], sweep) for r in rows):
+    for key in dict.fromkeys(sweep.untuned(r["labels"]) for r in rows):
         points = [
-            (tune_labels.index(r["labels"][sweep.tune]), r[metric.name])
+            (tune_labels.index(r["labels"][sweep.tune]), tuning_value(r, sweep))
             for r in rows
-            if _untuned(r["labels"], sweep) == key
+            if sweep.untuned(r["labels"]) == key
         ]
         points = [(x, m, s) for x, (m, s) in points if not math.isnan(m)]
         if points:
@@ -343,7 +349,8 @@ def write(workdir: Path, sweep: sweeps.Sweep) -> str:
         tuned = tuned_rows(rows, sweep)
         chooser = (sweep.tune_metric or sweep.main_metric).name
         md = table(tuned, sweep)
-        parts += [f"## Each cell at its best {sweep.tune} (chosen on {chooser}, mean over seeds)", md]
+        over = f"seeds {', '.join(map(str, sweep.tune_seeds))}" if sweep.tune_seeds else "seeds"
+        parts += [f"## Each cell at its best {sweep.tune} (chosen on {chooser}, mean over {over})", md]
         pictures.append(plot_tuning(rows, sweep, workdir))  # every tuned label, not only the best
         rows = tuned
     if sweep.curve:
@@ -368,7 +375,7 @@ def main(argv: list[str]) -> None:
         record = files.read_json(workdir / "sweep.json", "the sweep's definition")
         sweep = sweeps.load(record["sweep"])
         if "seeds" in record:  # the seeds the sweep ran with (`experiments.sweep --seeds`)
-            sweep = dataclasses.replace(sweep, seeds=record["seeds"])
+            sweep = dataclasses.replace(sweep, seeds=record["seeds"], tune_seeds=record.get("tune_seeds", []))
         print(write(workdir, sweep))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,7 +6,9 @@ process (sequentially, ``--parallel=N`` at a time, or on a Ray cluster with
 resumes where it stopped; an unfinished run resumes from its own
 checkpoints), records a failed run's error without stopping the others, and
 writes the report at the end.  ``--dry_run`` lists the runs with their
-parameter and FLOP counts.
+parameter and FLOP counts.  A sweep with ``tune_seeds`` runs in two stages:
+every learning rate (its tuned axis) on those seeds, then the other seeds at
+the rate each cell chose; the report chooses the same way.
 
 One sweep process at a time owns a sweep directory, and one worker a run
 directory (each holds a lock naming its pid).  A directory that holds another
@@ -110,27 +112,48 @@ def execute(todo: list[Path], parallel: int, launcher: str, ray_address: str | N
 
 
 def dry_run(sweep: sweeps.Sweep) -> None:
-    print(f"sweep {sweep.name}: {len(sweep.runs())} runs ({len(sweep.cells())} cells x {len(sweep.seeds)} seeds)")
+    cells = len(sweep.cells())
+    if sweep.tune_seeds:
+        others = [s for s in sweep.seeds if s not in sweep.tune_seeds]
+        chosen = cells // len(dict(sweep.axes)[sweep.tune])
+        print(
+            f"sweep {sweep.name}: {len(sweep.tuning_runs())} tuning runs ({cells} cells x seeds {sweep.tune_seeds}), "
+            f"then {chosen * len(others)} runs ({chosen} cells at their chosen {sweep.tune} x seeds {others})"
+        )
+    else:
+        print(f"sweep {sweep.name}: {len(sweep.runs())} runs ({cells} cells x {len(sweep.seeds)} seeds)")
     print(f"matched: {sweep.matched}")
     print(report.matching_table(sweep))
 
 
 def main(argv: list[str]) -> None:
     del argv
-    sweep = sweeps.load(_SWEEP.value)
-    if _SEEDS.value:
-        sweep = dataclasses.replace(sweep, seeds=[int(seed) for seed in _SEEDS.value])
-    if _DRY_RUN.value:
-        dry_run(sweep)
-        return
     workdir = Path(_WORKDIR.value)
     try:
+        sweep = sweeps.load(_SWEEP.value)
+        if _SEEDS.value:
+            sweep = dataclasses.replace(sweep, seeds=[int(seed) for seed in _SEEDS.value])
+        if _DRY_RUN.value:
+            dry_run(sweep)
+            return
         files.ensure_writable_dir(workdir, "sweep directory")
         with files.DirectoryLock(workdir, "sweep directory"):
             run_sweep(sweep, workdir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_stage(runs: list[tuple[sweeps.RunSpec, Path]], workers: Workers, name: str) -> None:
+    """Run those of ``runs`` that have not finished (a failed one again, unless --noretry_failed)."""
+    todo = []
+    for _, run_dir in runs:
+        state = status(run_dir)["state"]
+        if state == "done" or (state == "failed" and not _RETRY_FAILED.value):
+            continue
+        todo.append(run_dir)
+    print(f"{name}: {len(runs) - len(todo)} of {len(runs)} runs already finished; running {len(todo)}", flush=True)
+    execute(todo, _PARALLEL.value, _LAUNCHER.value, _RAY_ADDRESS.value, workers)
 
 
 def run_sweep(sweep: sweeps.Sweep, workdir: Path) -> None:
@@ -142,20 +165,18 @@ def run_sweep(sweep: sweeps.Sweep, workdir: Path) -> None:
             raise UserError(
                 f"{workdir} holds another sweep ({'; '.join(diffs[:4])}); use another --workdir for this one"
             )
-    runs = sweeps.prepare(sweep, workdir)
+    first = sweeps.prepare(sweep, workdir, sweep.tuning_runs())
     files.write_json(workdir / "sweep.json", record)
-    todo = []
-    for _, run_dir in runs:
-        state = status(run_dir)["state"]
-        if state == "done" or (state == "failed" and not _RETRY_FAILED.value):
-            continue
-        todo.append(run_dir)
-    print(f"{sweep.name}: {len(runs) - len(todo)} of {len(runs)} runs already finished; running {len(todo)}")
     start = time.time()
     workers = Workers()
     previous = {sig: signal.signal(sig, workers.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        execute(todo, _PARALLEL.value, _LAUNCHER.value, _RAY_ADDRESS.value, workers)
+        run_stage(first, workers, sweep.name)
+        if sweep.tune_seeds and not workers.stopping:
+            chosen = report.chosen_labels(workdir, sweep)
+            for cell, label in chosen.items():
+                print(f"{' / '.join(cell)}: {sweep.tune} {label} on seeds {sweep.tune_seeds}", flush=True)
+            run_stage(sweeps.prepare(sweep, workdir, sweep.chosen_runs(chosen)), workers, f"{sweep.name}, chosen")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -69,12 +69,23 @@ class Sweep:
     # label whose tune_metric (a validation metric; default the main metric) has the best mean over seeds.
     tune: str = ""
     tune_metric: Metric | None = None
+    # Seeds that run every label of the tuned axis and choose it; the other seeds then run only each cell's
+    # chosen label (empty: every seed runs every label).
+    tune_seeds: list[int] = dataclasses.field(default_factory=list)
     curve: Curve | None = None  # drawn per cell (mean ± std over seeds); its metrics are reported too
 
     def flops_per_example(self, config: ml_collections.ConfigDict, vocab_size: int = 0) -> float | None:
         """Training FLOPs of one example of a cell's config (None when the sweep does not say its lengths)."""
         lengths = self.example_lengths_of(config) if self.example_lengths_of else self.example_lengths
         return example_flops(config, lengths, vocab_size) if lengths[1] else None
+
+    def __post_init__(self) -> None:
+        if self.tune_seeds and not set(self.tune_seeds) <= set(self.seeds):
+            raise ConfigError(f"the tuning seeds {self.tune_seeds} must be among the sweep's seeds {self.seeds}")
+
+    def untuned(self, labels: dict[str, str]) -> tuple[str, ...]:
+        """A cell's labels without the tuned axis: what identifies it once its tuned label is chosen."""
+        return tuple(v for k, v in labels.items() if k != self.tune)
 
     def reference_labels(self) -> dict[str, str]:
         if self.reference:
@@ -105,9 +116,22 @@ class Sweep:
         return out
 
     def runs(self) -> list[RunSpec]:
+        """Every cell on every seed (a sweep with ``tune_seeds`` runs only part of these)."""
+        return self._specs(self.cells(), self.seeds)
+
+    def tuning_runs(self) -> list[RunSpec]:
+        """What runs first: every cell on the tuning seeds (every seed when there are none)."""
+        return self._specs(self.cells(), self.tune_seeds or self.seeds)
+
+    def chosen_runs(self, chosen: dict[tuple[str, ...], str]) -> list[RunSpec]:
+        """The other seeds of each cell whose tuned label is ``chosen[untuned labels]``."""
+        cells = [(labels, o) for labels, o in self.cells() if chosen.get(self.untuned(labels)) == labels[self.tune]]
+        return self._specs(cells, [s for s in self.seeds if s not in self.tune_seeds])
+
+    def _specs(self, cells: list[tuple[dict[str, str], dict[str, Any]]], seeds: list[int]) -> list[RunSpec]:
         specs = []
-        for labels, overrides in self.cells():
-            for seed in self.seeds:
+        for labels, overrides in cells:
+            for seed in seeds:
                 config = apply(self.base, {**overrides, "seed": seed})
                 specs.append(RunSpec(run_name(labels, seed), labels, seed, config, list(self.decode)))
         return specs
@@ -199,7 +223,14 @@ def definition(sweep: Sweep, spec: str) -> dict[str, Any]:
     }
     for config in cells.values():
         config.pop("seed")
-    return {"sweep": spec, "name": sweep.name, "seeds": sweep.seeds, "decode": list(sweep.decode), "cells": cells}
+    return {
+        "sweep": spec,
+        "name": sweep.name,
+        "seeds": sweep.seeds,
+        "tune_seeds": sweep.tune_seeds,
+        "decode": list(sweep.decode),
+        "cells": cells,
+    }
 
 
 def definition_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -217,10 +248,11 @@ def definition_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[s
     return diffs
 
 
-def prepare(sweep: Sweep, workdir: Path) -> list[tuple[RunSpec, Path]]:
-    """Write every run's ``run.json`` once all are checked: an existing one must hold the same config."""
+def prepare(sweep: Sweep, workdir: Path, specs: list[RunSpec] | None = None) -> list[tuple[RunSpec, Path]]:
+    """Write each run's ``run.json`` (default: every run) once all are checked: an existing one must hold the same
+    config."""
     planned = []
-    for spec in sweep.runs():
+    for spec in sweep.runs() if specs is None else specs:
         run_dir = workdir / "runs" / spec.name
         content = {
             "name": spec.name,

@@ -107,8 +107,14 @@ def get_sweep(variant="ok"):
     cells = [("a", {{}}), ("b", {{"model.arch": "prefix_lm"}})]
     if variant == "broken":
         cells = [("bad", {{"model.num_heads": 3}}), cells[0]]
+    metrics = [Metric("loss", "results.final_eval_loss", higher_is_better=False)]
+    if variant == "tuned":  # learning rate chosen per cell on seed 0's validation loss; seeds 1 and 2 at the choice
+        rates = [(r, {{"optimizer.learning_rate": float(r)}}) for r in ("1e-3", "3e-3")]
+        return Sweep(name="tiny", hypothesis="A tiny sweep.", base=base, axes=[("model", cells), ("lr", rates)],
+                     seeds=[0, 1, 2], metrics=metrics, matched="nothing", tune="lr", tune_seeds=[0],
+                     tune_metric=Metric("val loss", "results.best_eval_loss", higher_is_better=False))
     return Sweep(name="tiny", hypothesis="A tiny sweep.", base=base, axes=[("model", cells)], seeds=[0],
-                 metrics=[Metric("loss", "results.final_eval_loss", higher_is_better=False)], matched="nothing")
+                 metrics=metrics, matched="nothing")
 """
 
 
@@ -290,6 +296,24 @@ def test_seeds_flag_overrides_the_sweeps_seeds(tmp_path):
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "4 runs (2 cells x 2 seeds)" in result.stdout, result.stdout
+
+
+def test_a_sweep_tuned_on_some_seeds_lists_both_stages_and_refuses_seeds_without_them(tmp_path):
+    path = tiny_sweep(tmp_path)
+    dry = subprocess.run(
+        [*sweep_cmd(path, tmp_path / "sw", "tuned"), "--dry_run"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "4 tuning runs (4 cells x seeds [0]), then 4 runs (2 cells at their chosen lr x seeds [1, 2])" in dry.stdout
+    refused = subprocess.run(
+        [*sweep_cmd(path, tmp_path / "sw", "tuned"), "--seeds=1,2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and "the tuning seeds [0] must be among the sweep's seeds [1, 2]" in refused.stderr
+    assert not (tmp_path / "sw" / "runs").exists()
 
 
 def test_profile_step_attributes_the_step_time_to_matmuls_attention_and_loss(tmp_path):

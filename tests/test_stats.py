@@ -1,5 +1,6 @@
 """Significance of a difference between two cells: scipy's t-tests, their intervals, and the seeds for 80% power."""
 
+import json
 import math
 
 import numpy as np
@@ -155,3 +156,44 @@ def test_a_sweeps_curve_is_drawn_from_each_cells_mean_at_every_point(tmp_path, m
     assert drawn["b"][1] == [11.5, 12.5]
     assert (tmp_path / "cut_curve.png").stat().st_size > 0
     assert "![cut_curve.png](cut_curve.png)" in (tmp_path / "report.md").read_text()
+
+
+def test_a_sweep_tuned_on_seed_0_runs_the_other_seeds_only_at_each_cells_choice(tmp_path, monkeypatch):
+    from absl import flags
+
+    from experiments import sweep as sweep_main
+
+    spec, workdir = f"{tiny_sweep(tmp_path)}:tuned", tmp_path / "sw"
+    sweep = sweeps.load(spec)
+    val_loss = {("a", "1e-3"): 2.0, ("a", "3e-3"): 1.5, ("b", "1e-3"): 1.2, ("b", "3e-3"): 1.3}
+    ran: list[list[str]] = []
+
+    def fake_execute(todo, parallel, launcher, address, workers):  # each run finishes at once with its loss
+        ran.append(sorted(d.name for d in todo))
+        for run_dir in todo:
+            run = json.loads((run_dir / "run.json").read_text())
+            loss = val_loss[run["labels"]["model"], run["labels"]["lr"]] + 0.01 * run["seed"]
+            results = {"best_eval_loss": loss, "final_eval_loss": loss, "num_params": 1}
+            (run_dir / "status.json").write_text(json.dumps({"state": "done", "results": results}))
+
+    monkeypatch.setattr(sweep_main, "execute", fake_execute)
+    # A seed-1 run of a rate seed 0 does not choose, left from an earlier choice, with a far better loss: it must not
+    # change the choice, which is made on the tuning seeds alone.
+    stale = sweep.chosen_runs({("a",): "1e-3"})[0]
+    sweeps.prepare(sweep, workdir, [stale])
+    (workdir / "runs" / stale.name / "status.json").write_text(
+        json.dumps({"state": "done", "results": {"best_eval_loss": 0.1, "final_eval_loss": 0.1, "num_params": 1}})
+    )
+    flags.FLAGS(["sweep", f"--sweep={spec}", f"--workdir={workdir}"])
+    try:
+        sweep_main.run_sweep(sweep, workdir)
+        sweep_main.run_sweep(sweep, workdir)  # everything finished: nothing runs again
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert ran[0] == ["a__1e-3__s0", "a__3e-3__s0", "b__1e-3__s0", "b__3e-3__s0"]
+    assert ran[1] == ["a__3e-3__s1", "a__3e-3__s2", "b__1e-3__s1", "b__1e-3__s2"]
+    assert ran[2:] == [[], []]
+    assert report.chosen_labels(workdir, sweep) == {("a",): "3e-3", ("b",): "1e-3"}
+    text = (workdir / "report.md").read_text()
+    tuned_table = text.split("## Each cell at its best lr (chosen on val loss, mean over seeds 0)")[1].split("##")[0]
+    assert "| a | 3e-3 | 1.510 ± 0.010 | 3 |" in tuned_table and "| b | 1e-3 | 1.210 ± 0.010 | 3 |" in tuned_table
