@@ -61,7 +61,9 @@ class Sweep:
     example_lengths: tuple[int, int] = (0, 0)  # mean (prefix, continuation) tokens of one example
     # Or per cell, from its config (a sweep whose cells read different data).
     example_lengths_of: Callable[[ml_collections.ConfigDict], tuple[int, int]] | None = None
-    decode: list[str] = dataclasses.field(default_factory=list)  # splits to decode and score (BLEU)
+    # Splits to decode and score (BLEU): "test" greedily, "test:beam4" with a beam of 4; results under
+    # ``decoded.<entry>`` of a run's status.
+    decode: list[str] = dataclasses.field(default_factory=list)
     # What the report tests each cell against: {axis: label}; by default the first label of the last axis
     # other than the tuned one.
     reference: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -80,6 +82,8 @@ class Sweep:
         return example_flops(config, lengths, vocab_size) if lengths[1] else None
 
     def __post_init__(self) -> None:
+        for entry in self.decode:
+            decode_entry(entry)  # a malformed entry fails here, not after a run has trained
         if self.tune_seeds and not set(self.tune_seeds) <= set(self.seeds):
             raise ConfigError(f"the tuning seeds {self.tune_seeds} must be among the sweep's seeds {self.seeds}")
 
@@ -148,6 +152,17 @@ class RunSpec:
     @property
     def cell(self) -> str:
         return " / ".join(self.labels.values())
+
+
+def decode_entry(entry: str) -> tuple[str, int]:
+    """``"test"`` -> ("test", 0) (greedy); ``"test:beam4"`` -> ("test", 4)."""
+    split, _, how = entry.partition(":")
+    if not how:
+        return split, 0
+    width = how.removeprefix("beam")
+    if how == width or not width.isdigit() or int(width) < 1:
+        raise ConfigError(f"decode entry {entry!r}: write a split, or a split and ':beam<K>' (e.g. 'test:beam4')")
+    return split, int(width)
 
 
 def run_name(labels: dict[str, str], seed: int) -> str:

@@ -30,6 +30,7 @@ def write_status(run_dir: Path, status: dict) -> None:
 
 
 def run(run_dir: Path) -> dict:
+    from experiments.sweeps import decode_entry
     from gpt2_jax import experiment, runs, train
     from gpt2_jax import workdir as workdir_lib
     from gpt2_jax.evaluate import decode_split
@@ -43,8 +44,9 @@ def run(run_dir: Path) -> dict:
     decoded = {}
     if spec.get("decode"):
         loaded = runs.load(run_dir / "train")
-        for split in spec["decode"]:
-            decoded[split] = decode_split(loaded, split, batch_size=config.eval_batch_size)
+        for entry in spec["decode"]:
+            split, beam_size = decode_entry(entry)
+            decoded[entry] = decode_split(loaded, split, beam_size=beam_size, batch_size=config.eval_batch_size)
     return {"results": results, "decoded": decoded}
 
 

@@ -48,7 +48,8 @@ def decode_split(
     pairs = paired_splits(run.config, paths.cache_dir(run.config.data.cache_dir))
     if split not in pairs:
         raise UserError(f"split {split!r} not found; this run's data has {', '.join(pairs)}")
-    _output_dir(run, split)  # fail now, not after decoding everything
+    name = f"{split}_beam{beam_size}" if beam_size else split  # greedy and beam results side by side
+    _output_dir(run, name)  # fail now, not after decoding everything
     examples = pairs[split][:limit] if limit else pairs[split]
     hypotheses = []
     for start in range(0, len(examples), batch_size):
@@ -68,7 +69,7 @@ def decode_split(
         {"source": source, "reference": reference, "hypothesis": hypothesis}
         for (source, reference), hypothesis in zip(examples, hypotheses, strict=True)
     ]
-    _write(run, split, result, predictions)
+    _write(run, name, result, predictions)
     return result
 
 
@@ -88,19 +89,19 @@ def language_model_scores(run: runs.Run, split: str) -> dict:
     return result
 
 
-def _output_dir(run: runs.Run, split: str) -> Path:
-    """``DIR/eval_<split>/``, created and checked writable (one line of error otherwise)."""
-    out = Path(run.workdir) / f"eval_{split}"
+def _output_dir(run: runs.Run, name: str) -> Path:
+    """``DIR/eval_<name>/`` (a split, ``_beam<K>`` added for beam search), created and checked writable."""
+    out = Path(run.workdir) / f"eval_{name}"
     if jax.process_index() == 0:
         files.ensure_writable_dir(out, "the evaluation's output directory")
     return out
 
 
-def _write(run: runs.Run, split: str, result: dict, predictions: list[dict] | None = None) -> None:
-    """``scores.json`` (and ``predictions.jsonl``) into ``DIR/eval_<split>/``, by process 0 only on several hosts."""
+def _write(run: runs.Run, name: str, result: dict, predictions: list[dict] | None = None) -> None:
+    """``scores.json`` (and ``predictions.jsonl``) into ``DIR/eval_<name>/``, by process 0 only on several hosts."""
     if jax.process_index() > 0:
         return
-    out = _output_dir(run, split)
+    out = _output_dir(run, name)
     if predictions is not None:
         files.write_text(out / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
     files.write_json(out / "scores.json", result)

@@ -90,7 +90,11 @@ def test_arch_table_dry_run_matches_flops_and_parameters():
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "42 runs (14 cells x 3 seeds)" in result.stdout and "| op-last / ED 2+2 |" in result.stdout
+    assert "90 tuning runs (90 cells x seeds [0]), then 120 runs (30 cells at their chosen lr" in result.stdout
+    assert "| op-last / ED 2+2 / 1e-2 |" in result.stdout and "| op-first / DO 2 restart / 3e-3 |" in result.stdout
+    assert "| op-last / PLM 2 t5_bias / 1e-3 |" in result.stdout
+    fixed = sweeps.load(f"{REPO / 'configs/sweeps/arch_table.py'}:fixed_lr")
+    assert len(fixed.runs()) == 42 and len(fixed.cells()) == 14 and not fixed.tune
 
 
 SWEEP_FILE = """
@@ -314,6 +318,14 @@ def test_a_sweep_tuned_on_some_seeds_lists_both_stages_and_refuses_seeds_without
     )
     assert refused.returncode == 2 and "the tuning seeds [0] must be among the sweep's seeds [1, 2]" in refused.stderr
     assert not (tmp_path / "sw" / "runs").exists()
+
+
+def test_decode_entries_name_a_split_and_an_optional_beam():
+    assert sweeps.decode_entry("test") == ("test", 0)
+    assert sweeps.decode_entry("test_2017:beam4") == ("test_2017", 4)
+    for bad in ("test:beam", "test:beam0", "test:greedy", "test:4"):
+        with pytest.raises(ValueError, match=rf"decode entry '{bad}': write a split"):
+            sweeps.decode_entry(bad)
 
 
 def test_profile_step_attributes_the_step_time_to_matmuls_attention_and_loss(tmp_path):

@@ -46,6 +46,15 @@ def test_greedy_decoding_exact_match_equals_teacher_forced_exact_match(copy_run)
     assert saved["bleu_signature"].startswith("nrefs:1|") and saved["chrf"] > 90
 
 
+def test_beam_decoding_writes_beside_the_greedy_results(copy_run):
+    workdir, _ = copy_run
+    greedy = decode_split(runs.load(workdir), "validation", max_new_tokens=16, batch_size=64, limit=20)
+    beam = decode_split(runs.load(workdir), "validation", beam_size=2, max_new_tokens=16, batch_size=64, limit=20)
+    assert greedy["decoding"] == "greedy" and beam["decoding"] == "beam 2, alpha 0.6"
+    assert json.loads((workdir / "eval_validation" / "scores.json").read_text()) == greedy
+    assert json.loads((workdir / "eval_validation_beam2" / "scores.json").read_text()) == beam
+
+
 @pytest.mark.parametrize("mesh", ["", "2,2,2"])
 def test_sample_cli_prints_a_continuation(copy_run, mesh):
     workdir, _ = copy_run
