@@ -46,6 +46,27 @@ def compare(a: dict[int, float], b: dict[int, float]) -> Comparison | None:
     return _welch(np.array(list(a.values())), np.array(list(b.values())))
 
 
+def compare_to(a: dict[int, float], value: float) -> Comparison | None:
+    """Compare a cell's per-seed values with a constant (e.g. chance) by a one-sample t-test; None below 2 seeds."""
+    if len(a) < 2:
+        return None
+    values = np.array(list(a.values()))
+    result = stats.ttest_1samp(values, value)
+    low, high = result.confidence_interval(1 - ALPHA)
+    d = values - value
+    sd = float(np.std(d, ddof=1))
+    effect = abs(float(np.mean(d))) / sd if sd > 0 else math.inf
+    return Comparison(
+        float(np.mean(d)),
+        float(low - value),
+        float(high - value),
+        _p(result.pvalue),
+        "one-sample t",
+        len(d),
+        _seeds_paired(effect),
+    )
+
+
 def _paired(a: np.ndarray, b: np.ndarray) -> Comparison:
     d = a - b
     n = len(d)

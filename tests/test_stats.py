@@ -197,3 +197,43 @@ def test_a_sweep_tuned_on_seed_0_runs_the_other_seeds_only_at_each_cells_choice(
     text = (workdir / "report.md").read_text()
     tuned_table = text.split("## Each cell at its best lr (chosen on val loss, mean over seeds 0)")[1].split("##")[0]
     assert "| a | 3e-3 | 1.510 ± 0.010 | 3 |" in tuned_table and "| b | 1e-3 | 1.210 ± 0.010 | 3 |" in tuned_table
+
+
+def _finished_runs(root, cell_values: dict[str, dict[int, float]]) -> None:
+    for cell, per_seed in cell_values.items():
+        for seed, value in per_seed.items():
+            run_dir = root / "runs" / f"{cell}__s{seed}"
+            run_dir.mkdir(parents=True)
+            status = {"state": "done", "results": {"eval": {"reverse": {"rank": value}}}}
+            (run_dir / "status.json").write_text(json.dumps(status))
+    unfinished = root / "runs" / "forward-only__s9"
+    unfinished.mkdir()
+    (unfinished / "status.json").write_text(json.dumps({"state": "running"}))
+
+
+def test_compare_cli_tests_two_cells_paired_by_seed_and_a_cell_against_a_constant(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    forward, control = {0: 95.8, 1: 101.5, 2: 101.7}, {0: 1.0, 1: 1.2, 2: 0.9}
+    _finished_runs(tmp_path, {"forward-only": forward, "control": control})
+
+    def compare(*args):
+        cmd = [sys.executable, "-m", "experiments.compare", str(tmp_path), "--metric=results.eval.reverse.rank", *args]
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    paired = compare("--a=forward-only", "--b=control")
+    assert paired.returncode == 0, paired.stderr[-2000:]
+    want = scipy_stats.ttest_rel(list(forward.values()), list(control.values()))
+    line = paired.stdout.splitlines()[-1]
+    assert f"p = {want.pvalue:.3g}, paired t, 3 seeds" in line and line.startswith("forward-only - control: +98.63")
+    chance = compare("--a=forward-only", "--against=100.5")
+    want = scipy_stats.ttest_1samp(list(forward.values()), 100.5)
+    assert f"p = {want.pvalue:.3g}, one-sample t, 3 seeds; seeds for 80% power:" in chance.stdout
+    assert "s9" not in chance.stdout  # the unfinished run is not counted
+    missing = compare("--a=forward-only", "--b=nothing")
+    assert missing.returncode == 2 and "no finished run of cell 'nothing'" in missing.stderr
+    both = compare("--a=forward-only", "--b=control", "--against=1")
+    assert both.returncode == 2 and "either --b" in both.stderr
