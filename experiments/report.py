@@ -21,7 +21,7 @@ from typing import Any
 
 from absl import app
 
-from experiments import stats, sweeps
+from experiments import scaling, stats, sweeps
 from gpt2_jax import files
 from gpt2_jax.data import paths
 from gpt2_jax.errors import UserError
@@ -112,6 +112,8 @@ def aggregate(records: list[dict], sweep: sweeps.Sweep) -> list[dict]:
             row["flops"] = sweep.flops_per_example(config, vocab)
         except Exception:
             pass
+        # One example per row (text windows): the scaling curves' compute.
+        row["train_flops"] = row["flops"] * config.batch_size * config.num_train_steps if row["flops"] else None
         row["loss_tokens"] = mean_std(_present(runs, "results.loss_tokens_seen"))[0]
         row["wall_time"] = mean_std(_present(runs, "results.wall_time_s"))[0]
         row["curves"] = [[(e["step"], e["loss"]) for e in r["history"] if e["split"] == "eval"] for r in runs]
@@ -337,6 +339,20 @@ def plot_curve(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> str:
     return curve.file
 
 
+def scaling_section(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> str:
+    """The main metric against training FLOPs along ``sweep.scaling``: fits, crossings, and ``scaling.png``."""
+    metric = sweep.main_metric
+    curves: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for row in rows:
+        mean, std = row[metric.name]
+        if row["train_flops"] and not math.isnan(mean):
+            name = " / ".join(v for k, v in row["labels"].items() if k not in (sweep.scaling, sweep.tune))
+            curves[name].append((row["train_flops"], mean, std))
+    fits = {name: f for name, points in curves.items() if (f := scaling.fit([(c, m) for c, m, _ in points]))}
+    scaling.plot(curves, fits, workdir / "scaling.png", metric.name)
+    return scaling.table(fits)
+
+
 def write(workdir: Path, sweep: sweeps.Sweep) -> str:
     """Write ``report.md`` and the plots; return the table."""
     records = collect(workdir)
@@ -355,6 +371,9 @@ def write(workdir: Path, sweep: sweeps.Sweep) -> str:
         rows = tuned
     if sweep.curve:
         pictures.append(plot_curve(rows, sweep, workdir))
+    if sweep.scaling:
+        parts.append("## Scaling\n\n" + scaling_section(rows, sweep, workdir))
+        pictures.append("scaling.png")
     parts += [
         "## Tests against the reference\n\n" + comparison_table(rows, sweep),
         *(f"![{p}]({p})" for p in pictures),

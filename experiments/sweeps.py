@@ -75,6 +75,9 @@ class Sweep:
     # chosen label (empty: every seed runs every label).
     tune_seeds: list[int] = dataclasses.field(default_factory=list)
     curve: Curve | None = None  # drawn per cell (mean ± std over seeds); its metrics are reported too
+    # An axis of model sizes: the report draws the main metric against training FLOPs, one curve per combination
+    # of the other axes, with a power-law fit each and where the fits cross (experiments/scaling.py).
+    scaling: str = ""
 
     def flops_per_example(self, config: ml_collections.ConfigDict, vocab_size: int = 0) -> float | None:
         """Training FLOPs of one example of a cell's config (None when the sweep does not say its lengths)."""
