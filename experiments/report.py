@@ -73,7 +73,8 @@ def _present(runs: list[dict], path: str) -> list[float]:
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
+    """Mean and sample standard deviation; NaN for none, or when a seed diverged (its loss is NaN)."""
+    if not values or any(math.isnan(v) for v in values):
         return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 

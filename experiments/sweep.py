@@ -174,8 +174,9 @@ def run_sweep(sweep: sweeps.Sweep, workdir: Path) -> None:
         run_stage(first, workers, sweep.name)
         if sweep.tune_seeds and not workers.stopping:
             chosen = report.chosen_labels(workdir, sweep)
-            for cell, label in chosen.items():
-                print(f"{' / '.join(cell)}: {sweep.tune} {label} on seeds {sweep.tune_seeds}", flush=True)
+            for cell in dict.fromkeys(sweep.untuned(labels) for labels, _ in sweep.cells()):
+                label = chosen.get(cell, f"not chosen: no finished run on seeds {sweep.tune_seeds}, other seeds wait")
+                print(f"{' / '.join(cell)}: {sweep.tune} {label}", flush=True)
             run_stage(sweeps.prepare(sweep, workdir, sweep.chosen_runs(chosen)), workers, f"{sweep.name}, chosen")
     finally:
         for sig, handler in previous.items():

@@ -68,7 +68,8 @@ class Sweep:
     # other than the tuned one.
     reference: dict[str, str] = dataclasses.field(default_factory=dict)
     # An axis tuned per cell (a learning rate): the report keeps, for every combination of the other axes, the
-    # label whose tune_metric (a validation metric; default the main metric) has the best mean over seeds.
+    # label whose tune_metric (a validation metric; default the main metric) has the best mean over the seeds that
+    # tune it (tune_seeds, or every seed).
     tune: str = ""
     tune_metric: Metric | None = None
     # Seeds that run every label of the tuned axis and choose it; the other seeds then run only each cell's

@@ -158,7 +158,7 @@ def test_a_sweeps_curve_is_drawn_from_each_cells_mean_at_every_point(tmp_path, m
     assert "![cut_curve.png](cut_curve.png)" in (tmp_path / "report.md").read_text()
 
 
-def test_a_sweep_tuned_on_seed_0_runs_the_other_seeds_only_at_each_cells_choice(tmp_path, monkeypatch):
+def test_a_sweep_tuned_on_seed_0_runs_the_other_seeds_only_at_each_cells_choice(tmp_path, monkeypatch, capsys):
     from absl import flags
 
     from experiments import sweep as sweep_main
@@ -197,6 +197,17 @@ def test_a_sweep_tuned_on_seed_0_runs_the_other_seeds_only_at_each_cells_choice(
     text = (workdir / "report.md").read_text()
     tuned_table = text.split("## Each cell at its best lr (chosen on val loss, mean over seeds 0)")[1].split("##")[0]
     assert "| a | 3e-3 | 1.510 ± 0.010 | 3 |" in tuned_table and "| b | 1e-3 | 1.210 ± 0.010 | 3 |" in tuned_table
+    val_loss["b", "1e-3"] = val_loss["b", "3e-3"] = math.nan  # b's tuning runs diverged: b waits, loudly
+    (workdir / "runs" / "b__1e-3__s1").rename(tmp_path / "moved")
+    for name in ("b__1e-3__s0", "b__3e-3__s0"):
+        (workdir / "runs" / name / "status.json").unlink()
+    flags.FLAGS(["sweep", f"--sweep={spec}", f"--workdir={workdir}"])
+    try:
+        sweep_main.run_sweep(sweep, workdir)
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert ran[-2:] == [["b__1e-3__s0", "b__3e-3__s0"], []]
+    assert "b: lr not chosen: no finished run on seeds [0], other seeds wait" in capsys.readouterr().out
 
 
 def _finished_runs(root, cell_values: dict[str, dict[int, float]]) -> None:
