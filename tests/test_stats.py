@@ -159,9 +159,7 @@ def test_a_sweeps_curve_is_drawn_from_each_cells_mean_at_every_point(tmp_path, m
 
 
 def test_a_sweep_tuned_on_seed_0_runs_the_other_seeds_only_at_each_cells_choice(tmp_path, monkeypatch, capsys):
-    from absl import flags
-
-    from experiments import sweep as sweep_main
+    from experiments import runner
 
     spec, workdir = f"{tiny_sweep(tmp_path)}:tuned", tmp_path / "sw"
     sweep = sweeps.load(spec)
@@ -176,7 +174,7 @@ def test_a_sweep_tuned_on_seed_0_runs_the_other_seeds_only_at_each_cells_choice(
             results = {"best_eval_loss": loss, "final_eval_loss": loss, "num_params": 1}
             (run_dir / "status.json").write_text(json.dumps({"state": "done", "results": results}))
 
-    monkeypatch.setattr(sweep_main, "execute", fake_execute)
+    monkeypatch.setattr(runner, "execute", fake_execute)
     # A seed-1 run of a rate seed 0 does not choose, left from an earlier choice, with a far better loss: it must not
     # change the choice, which is made on the tuning seeds alone.
     stale = sweep.chosen_runs({("a",): "1e-3"})[0]
@@ -184,12 +182,8 @@ def test_a_sweep_tuned_on_seed_0_runs_the_other_seeds_only_at_each_cells_choice(
     (workdir / "runs" / stale.name / "status.json").write_text(
         json.dumps({"state": "done", "results": {"best_eval_loss": 0.1, "final_eval_loss": 0.1, "num_params": 1}})
     )
-    flags.FLAGS(["sweep", f"--sweep={spec}", f"--workdir={workdir}"])
-    try:
-        sweep_main.run_sweep(sweep, workdir)
-        sweep_main.run_sweep(sweep, workdir)  # everything finished: nothing runs again
-    finally:
-        flags.FLAGS.unparse_flags()
+    runner.run_sweep(sweep, workdir, spec, runner.Options())
+    runner.run_sweep(sweep, workdir, spec, runner.Options())  # everything finished: nothing runs again
     assert ran[0] == ["a__1e-3__s0", "a__3e-3__s0", "b__1e-3__s0", "b__3e-3__s0"]
     assert ran[1] == ["a__3e-3__s1", "a__3e-3__s2", "b__1e-3__s1", "b__1e-3__s2"]
     assert ran[2:] == [[], []]
@@ -200,11 +194,7 @@ def test_a_sweep_tuned_on_seed_0_runs_the_other_seeds_only_at_each_cells_choice(
     val_loss["b", "1e-3"] = val_loss["b", "3e-3"] = math.nan  # b's tuning runs diverged: b waits, loudly
     for name in ("b__1e-3__s0", "b__3e-3__s0"):
         (workdir / "runs" / name / "status.json").unlink()
-    flags.FLAGS(["sweep", f"--sweep={spec}", f"--workdir={workdir}"])
-    try:
-        sweep_main.run_sweep(sweep, workdir)
-    finally:
-        flags.FLAGS.unparse_flags()
+    runner.run_sweep(sweep, workdir, spec, runner.Options())
     assert ran[-2:] == [["b__1e-3__s0", "b__3e-3__s0"], []]
     assert "b: lr not chosen: no finished run on seeds [0], other seeds wait" in capsys.readouterr().out
 
