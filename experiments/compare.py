@@ -11,14 +11,13 @@ test (paired by seed when both cells ran the same seeds, else Welch), or, with
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from absl import app, flags
 
-from experiments import stats
-from experiments.report import mean_std
+from experiments import runner, stats
+from experiments.report import mean_std, value_at
 from gpt2_jax.errors import UserError
 
 _METRIC = flags.DEFINE_string("metric", None, "Dotted path into status.json.", required=True)
@@ -36,16 +35,9 @@ def values(workdir: Path, cell: str, path: str, scale: float = 1.0, seeds: set[i
         seed = run_dir.name.rpartition("__s")[2]
         if not seed.isdigit() or (seeds is not None and int(seed) not in seeds):
             continue
-        try:
-            node = json.loads((run_dir / "status.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            continue
-        if node.get("state") != "done":
-            continue
-        for part in path.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, (int, float)):
-            out[int(seed)] = float(node) * scale
+        status = runner.status(run_dir)
+        if status["state"] == "done" and (value := value_at(status, path)) is not None:
+            out[int(seed)] = value * scale
     if not out:
         raise UserError(f"no finished run of cell {cell!r} in {workdir / 'runs'} has {path!r}")
     return out

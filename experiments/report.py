@@ -28,7 +28,8 @@ from gpt2_jax.errors import UserError
 from gpt2_jax.metrics_writer import read_metrics
 
 
-def _get(record: dict, path: str) -> float | None:
+def value_at(record: dict, path: str) -> float | None:
+    """The number at a dotted ``path`` of a run's status (``results.eval.test.loss``); None when absent."""
     node: Any = record
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -69,7 +70,7 @@ def collect(workdir: Path) -> list[dict]:
 
 def _present(runs: list[dict], path: str) -> list[float]:
     """The value at ``path`` of every run that has it."""
-    return [v for r in runs if (v := _get(r["status"], path)) is not None]
+    return [v for r in runs if (v := value_at(r["status"], path)) is not None]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -100,13 +101,13 @@ def aggregate(records: list[dict], sweep: sweeps.Sweep) -> list[dict]:
             per_seed = {
                 r["seed"]: v * metric.scale
                 for r in runs
-                if applies and (v := _get(r["status"], metric.path)) is not None
+                if applies and (v := value_at(r["status"], metric.path)) is not None
             }
             row["per_seed"][metric.name] = per_seed
             row[metric.name] = mean_std(list(per_seed.values()))
         config = sweeps.apply(sweep.base, overrides)
         vocab = next((r["vocab_size"] for r in runs if r["vocab_size"]), 0)
-        row["params"] = next((_get(r["status"], "results.num_params") for r in runs), None)
+        row["params"] = next((value_at(r["status"], "results.num_params") for r in runs), None)
         row["flops"] = None
         try:
             row["params"] = row["params"] or sweeps.param_count(config, vocab)
