@@ -284,7 +284,9 @@ def plot(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> list[str]:
     ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color=[palette[v] for v in first_axis])
     ax.set_xticks(range(len(rows)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(metric.name + (" (higher is better)" if metric.higher_is_better else " (lower is better)"))
-    ax.set_title(f"{sweep.name}: {metric.name}, mean ± std over {len(sweep.seeds)} seeds")
+    counts = sorted({r["seeds"] for r in rows if r["seeds"]}) or [0]
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    ax.set_title(f"{sweep.name}: {metric.name}, mean ± std over {seeds} seeds")
     fig.tight_layout()
     fig.savefig(workdir / "main_metric.png", dpi=120)
     plt.close(fig)

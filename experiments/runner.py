@@ -132,7 +132,8 @@ def run_sweep(sweep: sweeps.Sweep, workdir: Path, spec: str, options: Options) -
         run_stage(first, workers, sweep.name, options)
         if sweep.tune_seeds and not workers.stopping:
             chosen = report.chosen_labels(workdir, sweep)
-            for cell in dict.fromkeys(sweep.untuned(labels) for labels, _ in sweep.cells()):
+            cells = dict.fromkeys(sweep.untuned(labels) for labels, _ in sweep.cells() if sweep.selected(labels))
+            for cell in cells:
                 label = chosen.get(cell, f"not chosen: no finished run on seeds {sweep.tune_seeds}, other seeds wait")
                 print(f"{' / '.join(cell)}: {sweep.tune} {label}", flush=True)
             run_stage(

@@ -6,9 +6,11 @@ process (sequentially, ``--parallel=N`` at a time, or on a Ray cluster with
 resumes where it stopped; an unfinished run resumes from its own
 checkpoints), records a failed run's error without stopping the others, and
 writes the report at the end.  ``--dry_run`` lists the runs with their
-parameter and FLOP counts.  A sweep with ``tune_seeds`` runs in two stages:
-every learning rate (its tuned axis) on those seeds, then the other seeds at
-the rate each cell chose; the report chooses the same way.
+parameter and FLOP counts; ``--cells=REGEX`` runs part of the sweep (the
+cells whose name matches, e.g. ``'op-last / (ED|DO) 2$'``).  A sweep with
+``tune_seeds`` runs in two stages: every learning rate (its tuned axis) on
+those seeds, then the other seeds at the rate each cell chose; the report
+chooses the same way.
 
 One sweep process at a time owns a sweep directory, and one worker a run
 directory (each holds a lock naming its pid).  A directory that holds another
@@ -37,16 +39,20 @@ _LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "ray"], "Where runs
 _RAY_ADDRESS = flags.DEFINE_string("ray_address", None, "Ray cluster address (None = start a local one).")
 _RETRY_FAILED = flags.DEFINE_bool("retry_failed", True, "Re-run runs that failed before.")
 _SEEDS = flags.DEFINE_list("seeds", None, "Seeds to run (default: the sweep's own); recorded for the report.")
+_CELLS = flags.DEFINE_string(
+    "cells", None, "Run only the cells whose name without the tuned label matches this regular expression."
+)
 
 
 def dry_run(sweep: sweeps.Sweep) -> None:
-    cells = len(sweep.cells())
+    cells = sum(sweep.selected(labels) for labels, _ in sweep.cells())
     if sweep.tune_seeds:
         others = [s for s in sweep.seeds if s not in sweep.tune_seeds]
         chosen = cells // len(dict(sweep.axes)[sweep.tune])
+        at_choice = f"{chosen} cell{'s' * (chosen != 1)} at their chosen {sweep.tune}"
         print(
             f"sweep {sweep.name}: {len(sweep.tuning_runs())} tuning runs ({cells} cells x seeds {sweep.tune_seeds}), "
-            f"then {chosen * len(others)} runs ({chosen} cells at their chosen {sweep.tune} x seeds {others})"
+            f"then {chosen * len(others)} runs ({at_choice} x seeds {others})"
         )
     else:
         print(f"sweep {sweep.name}: {len(sweep.runs())} runs ({cells} cells x {len(sweep.seeds)} seeds)")
@@ -61,6 +67,8 @@ def main(argv: list[str]) -> None:
         sweep = sweeps.load(_SWEEP.value)
         if _SEEDS.value:
             sweep = dataclasses.replace(sweep, seeds=[int(seed) for seed in _SEEDS.value])
+        if _CELLS.value:
+            sweep = dataclasses.replace(sweep, only_cells=_CELLS.value)
         if _DRY_RUN.value:
             dry_run(sweep)
             return

@@ -79,6 +79,9 @@ class Sweep:
     # An axis of model sizes: the report draws the main metric against training FLOPs, one curve per combination
     # of the other axes, with a power-law fit each and where the fits cross (experiments/scaling.py).
     scaling: str = ""
+    # Run only the cells whose name without the tuned label (e.g. "op-last / DO 2") matches this regular
+    # expression (``experiments.sweep --cells``), to run a sweep in parts; the report lists every cell.
+    only_cells: str = ""
 
     def flops_per_example(self, config: ml_collections.ConfigDict, vocab_size: int = 0) -> float | None:
         """Training FLOPs of one example of a cell's config (None when the sweep does not say its lengths)."""
@@ -90,6 +93,18 @@ class Sweep:
             decode_entry(entry)  # a malformed entry fails here, not after a run has trained
         if self.tune_seeds and not set(self.tune_seeds) <= set(self.seeds):
             raise ConfigError(f"the tuning seeds {self.tune_seeds} must be among the sweep's seeds {self.seeds}")
+        if self.only_cells:
+            try:
+                re.compile(self.only_cells)
+            except re.error as e:
+                raise ConfigError(f"--cells {self.only_cells!r} is not a regular expression: {e}") from None
+            names = list(dict.fromkeys(" / ".join(self.untuned(labels)) for labels, _ in self.cells()))
+            if not any(self.selected(labels) for labels, _ in self.cells()):
+                raise ConfigError(f"--cells {self.only_cells!r} matches none of the cells: {'; '.join(names)}")
+
+    def selected(self, labels: dict[str, str]) -> bool:
+        """Whether ``only_cells`` lets this cell run."""
+        return not self.only_cells or re.search(self.only_cells, " / ".join(self.untuned(labels))) is not None
 
     def untuned(self, labels: dict[str, str]) -> tuple[str, ...]:
         """A cell's labels without the tuned axis: what identifies it once its tuned label is chosen."""
@@ -139,6 +154,8 @@ class Sweep:
     def _specs(self, cells: list[tuple[dict[str, str], dict[str, Any]]], seeds: list[int]) -> list[RunSpec]:
         specs = []
         for labels, overrides in cells:
+            if not self.selected(labels):
+                continue
             for seed in seeds:
                 config = apply(self.base, {**overrides, "seed": seed})
                 specs.append(RunSpec(run_name(labels, seed), labels, seed, config, list(self.decode)))

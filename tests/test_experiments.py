@@ -320,6 +320,18 @@ def test_a_sweep_tuned_on_some_seeds_lists_both_stages_and_refuses_seeds_without
     assert not (tmp_path / "sw" / "runs").exists()
 
 
+def test_cells_flag_narrows_the_dry_run_and_a_pattern_matching_nothing_is_one_line(tmp_path):
+    path = tiny_sweep(tmp_path)
+    cmd = [*sweep_cmd(path, tmp_path / "sw", "tuned"), "--cells=^b$"]
+    dry = subprocess.run([*cmd, "--dry_run"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "2 tuning runs (2 cells x seeds [0]), then 2 runs (1 cell at their chosen lr x seeds [1, 2])" in dry.stdout
+    cmd[-1] = "--cells=^c$"
+    refused = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "error: --cells '^c$' matches none of the cells: a; b" in refused.stderr
+    assert not (tmp_path / "sw" / "runs").exists()
+
+
 def test_decode_entries_name_a_split_and_an_optional_beam():
     assert sweeps.decode_entry("test") == ("test", 0)
     assert sweeps.decode_entry("test_2017:beam4") == ("test_2017", 4)

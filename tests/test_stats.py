@@ -1,5 +1,6 @@
 """Significance of a difference between two cells: scipy's t-tests, their intervals, and the seeds for 80% power."""
 
+import dataclasses
 import json
 import math
 
@@ -8,6 +9,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from experiments import report, stats, sweeps
+from gpt2_jax.errors import ConfigError
 from tests.test_experiments import tiny_sweep
 
 
@@ -197,6 +199,30 @@ def test_a_sweep_tuned_on_seed_0_runs_the_other_seeds_only_at_each_cells_choice(
     runner.run_sweep(sweep, workdir, spec, runner.Options())
     assert ran[-2:] == [["b__1e-3__s0", "b__3e-3__s0"], []]
     assert "b: lr not chosen: no finished run on seeds [0], other seeds wait" in capsys.readouterr().out
+
+
+def test_cells_flag_runs_only_the_matching_cells_in_both_stages(tmp_path, monkeypatch):
+    from experiments import runner
+
+    spec, workdir = f"{tiny_sweep(tmp_path)}:tuned", tmp_path / "sw"
+    sweep = dataclasses.replace(sweeps.load(spec), only_cells="^b$")
+    ran: list[list[str]] = []
+
+    def fake_execute(todo, parallel, launcher, address, workers):
+        ran.append(sorted(d.name for d in todo))
+        for run_dir in todo:
+            results = {"best_eval_loss": 1.0, "final_eval_loss": 1.0, "num_params": 1}
+            (run_dir / "status.json").write_text(json.dumps({"state": "done", "results": results}))
+
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    runner.run_sweep(sweep, workdir, spec, runner.Options())
+    assert ran == [["b__1e-3__s0", "b__3e-3__s0"], ["b__1e-3__s1", "b__1e-3__s2"]]
+    assert sorted(d.name for d in (workdir / "runs").iterdir()) == sorted([*ran[0], *ran[1]])
+    assert "| a | 1e-3 | — | 0 |" in (workdir / "report.md").read_text(), "the report still lists every cell"
+    with pytest.raises(ConfigError, match=r"matches none of the cells: a; b"):
+        dataclasses.replace(sweep, only_cells="^c$")
+    with pytest.raises(ConfigError, match="is not a regular expression"):
+        dataclasses.replace(sweep, only_cells="(")
 
 
 def _finished_runs(root, cell_values: dict[str, dict[int, float]]) -> None:
