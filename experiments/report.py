@@ -347,12 +347,14 @@ def scaling_section(rows: list[dict], sweep: sweeps.Sweep, workdir: Path) -> str
     """The main metric against training FLOPs along ``sweep.scaling``: fits, crossings, and ``scaling.png``."""
     metric = sweep.main_metric
     curves: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    runs: dict[str, list[tuple[float, float]]] = defaultdict(list)  # (compute, value) of every seed
     for row in rows:
         mean, std = row[metric.name]
         if row["train_flops"] and not math.isnan(mean):
             name = " / ".join(v for k, v in row["labels"].items() if k not in (sweep.scaling, sweep.tune))
             curves[name].append((row["train_flops"], mean, std))
-    fits = {name: f for name, points in curves.items() if (f := scaling.fit([(c, m) for c, m, _ in points]))}
+            runs[name] += [(row["train_flops"], v) for v in row["per_seed"][metric.name].values()]
+    fits = {name: f for name, points in runs.items() if (f := scaling.fit(points))}
     scaling.plot(curves, fits, workdir / "scaling.png", metric.name)
     return scaling.table(fits)
 

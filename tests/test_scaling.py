@@ -1,6 +1,8 @@
 """Scaling curves: power-law fits, where two fits cross, and the report's scaling section."""
 
+import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from experiments import report, scaling, sweeps
 from tests.test_experiments import tiny_sweep
@@ -30,6 +32,35 @@ def test_crossing_is_where_the_fits_give_the_same_loss_and_says_where_that_lies(
     assert "never cross" in scaling.describe_crossing(("a", "b"), steep, parallel)
 
 
+def test_the_exponent_test_equals_the_interaction_term_of_one_regression_over_both_curves():
+    # With the same compute values in both curves, t = (b1 - b2) / sqrt(se1^2 + se2^2) on n1 + n2 - 4 degrees of
+    # freedom is exactly the t of the interaction term in log L = c0 + c1 log C + c2 g + c3 g log C.
+    rng = np.random.default_rng(0)
+    compute = np.repeat([1e12, 1e13, 1e14], 3)
+    first = [(c, 4.0 * c**-0.05 * np.exp(rng.normal(0, 0.01))) for c in compute]
+    second = [(c, 6.0 * c**-0.06 * np.exp(rng.normal(0, 0.01))) for c in compute]
+    test = scaling.exponent_difference(scaling.fit(first), scaling.fit(second))
+    x = np.log(np.concatenate([compute, compute]))
+    g = np.repeat([1.0, 0.0], len(compute))
+    design = np.stack([np.ones_like(x), x, g, g * x], axis=1)
+    y = np.log([v for _, v in first + second])
+    coef, residual, *_ = np.linalg.lstsq(design, y, rcond=None)
+    df = len(y) - 4
+    se = np.sqrt(residual[0] / df * np.linalg.inv(design.T @ design)[3, 3])
+    assert test.difference == pytest.approx(-coef[3])  # b is minus the slope
+    assert test.p_value == pytest.approx(2 * scipy_stats.t.sf(abs(coef[3]) / se, df))
+    half = scipy_stats.t.ppf(0.975, df) * se
+    assert (test.ci_low, test.ci_high) == pytest.approx((-coef[3] - half, -coef[3] + half))
+    assert test.significant and "they differ" in scaling.describe_crossing(
+        ("a", "b"), scaling.fit(first), scaling.fit(second)
+    )
+    same = [(c, 5.0 * c**-0.05 * np.exp(rng.normal(0, 0.01))) for c in compute]
+    line = scaling.describe_crossing(("a", "c"), scaling.fit(first), scaling.fit(same))
+    assert "no significant difference, so no evidence that the curves meet" in line
+    two_points = scaling.fit([(1e12, 3.0), (1e14, 2.0)])
+    assert scaling.exponent_difference(two_points, scaling.fit(first)) is None
+
+
 def test_the_report_fits_each_architecture_over_the_size_axis(tmp_path, monkeypatch):
     sweep = sweeps.load(f"{tiny_sweep(tmp_path)}:ok")
     sweep.axes = [*sweep.axes, ("width", [("w16", {"model.emb_dim": 16}), ("w32", {"model.emb_dim": 32})])]
@@ -56,7 +87,7 @@ def test_the_report_fits_each_architecture_over_the_size_axis(tmp_path, monkeypa
     report.write(tmp_path, sweep)
     text = (tmp_path / "report.md").read_text()
     section = text.split("## Scaling")[1]
-    want = scaling.fit([(compute["a", w], loss["a", w] + 0.005) for w in ("w16", "w32")])
-    assert f"| a | 2 | {want.a:.4g} | {want.b:.4f} | 1.000 |" in section
+    want = scaling.fit([(compute["a", w], loss["a", w] + 0.01 * seed) for w in ("w16", "w32") for seed in (0, 1)])
+    assert f"| a | 4 | {want.a:.4g} | {want.b:.4f} ± {want.b_stderr:.4f} | {want.r2:.3f} |" in section
     assert "- a and b: the fits" in section and "![scaling.png](scaling.png)" in text
     assert (tmp_path / "scaling.png").stat().st_size > 0
