@@ -11,8 +11,12 @@ decoder 26.98 > prefix LM 26.43 > causal LM 25.09.  Cells: encoder-decoder
 L+L; decoder-only L with loss on the target only (a causal mask over the
 source: Zhang et al.'s first factor against the prefix-LM); decoder-only L
 with loss on source and target (Liu et al.; its loss is a mean over all
-weighted tokens, so the target's share of the gradient is about half of the
-other cells': a confound the comparison states); prefix-LM L.  Metrics: BLEU
+weighted tokens, about twice the target's, so its gradient is about half the
+size; AdamW divides each update by the gradient's running RMS, so a constant
+factor cancels and what differs is the direction, shared per token between
+source and target: the treatment itself.  Global-norm clipping at 1.0 is
+what does not cancel: it binds less often on the smaller gradient, and each
+run's logged gradient norm shows whether it binds); prefix-LM L.  Metrics: BLEU
 and chrF (sacrebleu) on test_2016_flickr with greedy decoding and with a beam
 of 4, and target-token loss on validation.  The learning rate (3e-4, 1e-3,
 3e-3) is tuned per cell on seed 0's validation loss; seeds 1 and 2 run at the
