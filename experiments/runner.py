@@ -118,11 +118,15 @@ def run_sweep(sweep: sweeps.Sweep, workdir: Path, spec: str, options: Options) -
     ``path[:variant]``, recorded in ``sweep.json``)."""
     record = sweeps.definition(sweep, spec)
     if (workdir / "sweep.json").exists():
-        diffs = sweeps.definition_differences(files.read_json(workdir / "sweep.json", "the sweep's definition"), record)
+        saved = files.read_json(workdir / "sweep.json", "the sweep's definition")
+        diffs = sweeps.definition_differences(saved, record)
         if diffs:
             raise UserError(
                 f"{workdir} holds another sweep ({'; '.join(diffs[:4])}); use another --workdir for this one"
             )
+        added = [cell for cell in record["cells"] if cell not in saved.get("cells", record["cells"])]
+        if added:
+            print(f"{workdir}: the sweep gains {len(added)} cells: {', '.join(added)}", flush=True)
     first = sweeps.prepare(sweep, workdir, sweep.tuning_runs())
     files.write_json(workdir / "sweep.json", record)
     start = time.time()

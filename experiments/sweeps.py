@@ -270,15 +270,17 @@ def definition(sweep: Sweep, spec: str) -> dict[str, Any]:
 
 
 def definition_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """How a sweep directory's recorded definition differs from ``new`` (seeds may differ: they add runs)."""
+    """How a sweep directory's recorded definition differs from ``new``. Seeds may differ and cells may be added
+    (they add runs: a learning-rate grid extended past the edge its best value sat on); a cell the directory holds
+    must stay, with the same config."""
     if "cells" not in saved:  # recorded before whole definitions were: its run.json files are compared instead
         return []
     diffs = []
     if saved.get("name") != new["name"]:
         diffs.append(f"sweep {saved.get('name')!r} -> {new['name']!r}")
-    missing, added = sorted(set(saved["cells"]) - set(new["cells"])), sorted(set(new["cells"]) - set(saved["cells"]))
-    if missing or added:
-        diffs.append(f"cells only in the directory: {missing[:3]}; only in this sweep: {added[:3]}")
+    missing = sorted(set(saved["cells"]) - set(new["cells"]))
+    if missing:
+        diffs.append(f"cells only in the directory: {missing[:3]}")
     for cell in sorted(set(saved["cells"]) & set(new["cells"])):
         diffs += [f"{cell}: {d}" for d in workdir_lib.config_differences(saved["cells"][cell], new["cells"][cell])]
     return diffs

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from experiments import report, stats, sweeps
-from gpt2_jax.errors import ConfigError
+from gpt2_jax.errors import ConfigError, UserError
 from tests.test_experiments import tiny_sweep
 
 
@@ -199,6 +199,36 @@ def test_a_sweep_tuned_on_seed_0_runs_the_other_seeds_only_at_each_cells_choice(
     runner.run_sweep(sweep, workdir, spec, runner.Options())
     assert ran[-2:] == [["b__1e-3__s0", "b__3e-3__s0"], []]
     assert "b: lr not chosen: no finished run on seeds [0], other seeds wait" in capsys.readouterr().out
+
+
+def test_a_grid_extended_past_its_edge_runs_only_the_new_rates_and_moves_the_choice(tmp_path, monkeypatch, capsys):
+    from experiments import runner
+
+    spec, workdir = f"{tiny_sweep(tmp_path)}:tuned", tmp_path / "sw"
+    sweep = sweeps.load(spec)
+    ran: list[list[str]] = []
+
+    def fake_execute(todo, parallel, launcher, address, workers):  # the loss falls with the rate: 1e-2 is best
+        ran.append(sorted(d.name for d in todo))
+        for run_dir in todo:
+            run = json.loads((run_dir / "run.json").read_text())
+            loss = 1.0 / float(run["labels"]["lr"]) * 1e-3
+            results = {"best_eval_loss": loss, "final_eval_loss": loss, "num_params": 1}
+            (run_dir / "status.json").write_text(json.dumps({"state": "done", "results": results}))
+
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    runner.run_sweep(sweep, workdir, spec, runner.Options())
+    assert report.chosen_labels(workdir, sweep) == {("a",): "3e-3", ("b",): "3e-3"}, "the grid's edge"
+    model, rates = sweep.axes[0], sweep.axes[1][1]
+    wider = dataclasses.replace(sweep, axes=[model, ("lr", [*rates, ("1e-2", {"optimizer.learning_rate": 1e-2})])])
+    capsys.readouterr()
+    runner.run_sweep(wider, workdir, spec, runner.Options())
+    assert "the sweep gains 2 cells: a__1e-2, b__1e-2" in capsys.readouterr().out
+    assert ran[2:] == [["a__1e-2__s0", "b__1e-2__s0"], ["a__1e-2__s1", "a__1e-2__s2", "b__1e-2__s1", "b__1e-2__s2"]]
+    assert report.chosen_labels(workdir, wider) == {("a",): "1e-2", ("b",): "1e-2"}
+    narrower = dataclasses.replace(sweep, axes=[model, ("lr", rates[:1])])
+    with pytest.raises(UserError, match=r"holds another sweep \(cells only in the directory: \['a__1e-2', 'a__3e-3'"):
+        runner.run_sweep(narrower, workdir, spec, runner.Options())
 
 
 def test_cells_flag_runs_only_the_matching_cells_in_both_stages(tmp_path, monkeypatch):
