@@ -16,8 +16,9 @@ One sweep process at a time owns a sweep directory, and one worker a run
 directory (each holds a lock naming its pid).  A directory that holds another
 sweep (another name, a cell this one lacks, or a cell with another config) is
 refused before anything is written; a sweep may gain cells (a learning-rate
-grid extended past its edge), and says so.  SIGTERM or SIGINT stops the workers (each saves a
-checkpoint) and the sweep exits; the same command continues it.
+grid extended past its edge), and says so.  SIGTERM or SIGINT stops the
+workers (each saves a checkpoint) and the sweep exits; the same command
+continues it.
 """
 
 from __future__ import annotations

@@ -98,8 +98,8 @@ class Sweep:
                 re.compile(self.only_cells)
             except re.error as e:
                 raise ConfigError(f"--cells {self.only_cells!r} is not a regular expression: {e}") from None
-            names = list(dict.fromkeys(" / ".join(self.untuned(labels)) for labels, _ in self.cells()))
             if not any(self.selected(labels) for labels, _ in self.cells()):
+                names = list(dict.fromkeys(" / ".join(self.untuned(labels)) for labels, _ in self.cells()))
                 raise ConfigError(f"--cells {self.only_cells!r} matches none of the cells: {'; '.join(names)}")
 
     def selected(self, labels: dict[str, str]) -> bool:
