@@ -107,7 +107,11 @@ class Experiment:
             sharding.traced_on(
                 self.mesh,
                 functools.partial(
-                    train_step, model=self.model, tx=self.tx, accum_steps=config.optimizer.grad_accum_steps
+                    train_step,
+                    model=self.model,
+                    tx=self.tx,
+                    accum_steps=config.optimizer.grad_accum_steps,
+                    clip_norm=config.optimizer.grad_clip_norm,
                 ),
             ),
             in_shardings=(self.state_shardings, batch_sh),

@@ -39,6 +39,7 @@ def train_step(
     model: Transformer,
     tx: optax.GradientTransformation,
     accum_steps: int,
+    clip_norm: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on a global batch, for any architecture.
 
@@ -46,7 +47,10 @@ def train_step(
     gradient *sums* are accumulated in a ``lax.scan`` carry; dividing by the
     total loss weight at the end gives exactly the gradient of the full-batch
     mean loss.  Updates whose loss or gradient is not finite are dropped (the
-    state keeps its parameters) and counted.
+    state keeps its parameters) and counted.  ``clip_norm`` (the optimizer's
+    global-norm clipping threshold, 0 = none) only sets the ``clipped`` metric:
+    1 on a step whose gradient norm reaches it, as ``optax.clip_by_global_norm``
+    rescales from that norm on.
     """
     dropout_key = jax.random.fold_in(state.rng, state.step)
     grad_fn = jax.value_and_grad(_loss_and_metrics, has_aux=True)
@@ -84,7 +88,14 @@ def train_step(
         opt_state=keep(new_opt_state, state.opt_state),
         nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
     )
-    metrics = dict(sums, grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.float32), steps=jnp.ones(()))
+    clipped = (grad_norm >= clip_norm) if clip_norm > 0 else jnp.zeros((), bool)
+    metrics = dict(
+        sums,
+        grad_norm=grad_norm,
+        clipped=clipped.astype(jnp.float32),
+        nonfinite=(~finite).astype(jnp.float32),
+        steps=jnp.ones(()),
+    )
     return state, metrics
 
 

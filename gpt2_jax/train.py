@@ -211,6 +211,7 @@ class Trainer:
         summary.update(
             learning_rate=float(optim.schedule(self.config.optimizer, self.config.num_train_steps)(done - 1)),
             grad_norm=float(values["grad_norm"] / values["steps"]),
+            clipped_fraction=float(values["clipped"] / values["steps"]),
             tokens_per_s=tokens / max(seconds, 1e-9),
             model_tflops_per_s_per_device=flops_per_s / 1e12,
             nonfinite_steps=int(jax.device_get(self.state.nonfinite_steps)),

@@ -56,6 +56,20 @@ def test_gradient_accumulation_equals_full_batch(corpus):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_clipped_metric_marks_the_steps_whose_gradient_norm_reaches_the_threshold(corpus):
+    """A threshold just under the first step's gradient norm marks it clipped; just over, not; 0 turns clipping off."""
+    norm = None
+    for scale, expected in ((None, None), (0.99, 1.0), (1.01, 0.0), (0.0, 0.0)):
+        clip = 1e6 if scale is None else scale * norm
+        exp = Experiment(tiny_config("decoder_only", corpus, **{"optimizer.grad_clip_norm": clip}))
+        _, metrics = exp.train_step(exp.init_state(), exp.place(next(exp.data.train_iterator())))
+        if scale is None:
+            norm = float(metrics["grad_norm"])
+            assert float(metrics["clipped"]) == 0.0
+        else:
+            assert float(metrics["clipped"]) == expected, (scale, norm)
+
+
 def test_xla_options_reach_the_compiled_steps_and_change_nothing_computed(tmp_path, corpus):
     """``xla_dump_to`` makes XLA write the programs it compiles: the option reached the train and eval steps."""
     assert validation.xla_options(" a=true, b=3 ,c=0.5,d=x,") == {"a": True, "b": 3, "c": 0.5, "d": "x"}
@@ -125,6 +139,7 @@ def test_train_and_evaluate_writes_the_run(tmp_path, corpus, arch):
     positions = sum(batch[k].size for k in ("input_tokens", "encoder_input_tokens") if k in batch)
     for e in (e for e in events if e["split"] == "train"):
         assert e["model_tflops_per_s_per_device"] > 0 and "mfu" not in e
+        assert 0.0 <= e["clipped_fraction"] <= 1.0 and e["grad_norm"] > 0
         # Over the same window: FLOPs per step / tokens per step (tokens_per_s counts real tokens, <= positions).
         per_token = e["model_tflops_per_s_per_device"] * 1e12 * exp.mesh.size / e["tokens_per_s"]
         assert per_token >= exp.flops_per_step / positions * (1 - 1e-6)

@@ -16,7 +16,8 @@ size; AdamW divides each update by the gradient's running RMS, so a constant
 factor cancels and what differs is the direction, shared per token between
 source and target: the treatment itself.  Global-norm clipping at 1.0 is
 what does not cancel: it binds less often on the smaller gradient, and each
-run's logged gradient norm shows whether it binds); prefix-LM L.  Metrics: BLEU
+run logs the fraction of steps it clipped, ``clipped_fraction`` in
+``metrics.jsonl``); prefix-LM L.  Metrics: BLEU
 and chrF (sacrebleu) on test_2016_flickr with greedy decoding and with a beam
 of 4, and target-token loss on validation.  The learning rate (3e-4, 1e-3,
 3e-3) is tuned per cell on seed 0's validation loss; seeds 1 and 2 run at the
